@@ -1,0 +1,3 @@
+"""sbert: Chinese sentence embeddings in bulk, from the command line."""
+
+__version__ = "0.1.0"

