@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from typing import TypeVar
 
@@ -11,12 +11,28 @@ import numpy as np
 T = TypeVar("T")
 
 
-def iter_windows(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    """Consecutive lists of at most `size` items; memory holds one window, whatever the input's length."""
+def iter_windows(items: Iterable[T], size: int, key: Callable[[T], int] | None = None) -> Iterator[list[T]]:
+    """Consecutive lists of at most `size` items; memory holds one window, whatever the input's length.
+
+    With `key`, a window never mixes items of different keys (e.g. shards): it is cut where the key changes.
+    """
     if size < 1:
         raise ValueError("window size must be at least 1")
     iterator = iter(items)
-    while window := list(islice(iterator, size)):
+    if key is None:
+        while window := list(islice(iterator, size)):
+            yield window
+        return
+    window: list[T] = []
+    window_key = None
+    for item in iterator:
+        item_key = key(item)
+        if window and (len(window) >= size or item_key != window_key):
+            yield window
+            window = []
+        window_key = item_key
+        window.append(item)
+    if window:
         yield window
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from sbert_cli import __version__
-from sbert_cli.errors import InputDataError, SbertError, UsageError
+from sbert_cli.errors import InputDataError, OutputError, SbertError, UsageError
 
 if TYPE_CHECKING:
     from sbert_cli.encoder import TransformerEncoder
@@ -67,12 +68,15 @@ def _load(model: str, device: str, precision: str, max_length: int | None, norma
     return load_encoder(model, device=device, precision=precision, max_length=max_length, normalize=normalize)
 
 
+EXIT_WITH_REJECTS = 3  # the run completed, but some rows went to the rejects file instead of the output
+
+
 @app.command()
 def encode(
     input: Annotated[str, typer.Argument(help="CSV, TSV, JSONL or Parquet file; - reads stdin.", show_default=False)],
     output: Annotated[
         Optional[str],
-        typer.Option("--output", "-o", help="Output .parquet, .npy (+ .ids.jsonl) or .jsonl; - writes JSON lines to stdout. Default: <input stem>.embeddings.parquet beside the input."),
+        typer.Option("--output", "-o", help="Output .parquet, .npy (+ .ids.jsonl) or .jsonl; - writes JSON lines to stdout; a directory gets Parquet shards and a manifest. Default: <input stem>.embeddings.parquet beside the input."),
     ] = None,
     format: Annotated[Optional[str], typer.Option("--format", "-f", help="Input format: csv, tsv, jsonl or parquet (default: from the extension; sniffed on stdin).")] = None,
     text_column: Annotated[str, typer.Option(help="Column or field holding the text.")] = "text",
@@ -86,24 +90,43 @@ def encode(
     chunk_size: Annotated[int, typer.Option(min=1, help="Rows read, sorted and batched at a time; bounds memory.")] = 10_000,
     batch_size: BatchSizeOption = 32,
     max_tokens: MaxTokensOption = 16_384,
+    on_error: Annotated[str, typer.Option(help="fail: stop at the first bad row (exit 1). skip: write it to <output>.rejects.jsonl and go on (exit 3 if any).")] = "fail",
+    shard_rows: Annotated[int, typer.Option(min=1, help="Input rows per Parquet shard when -o is a directory.")] = 100_000,
+    resume: Annotated[bool, typer.Option("--resume", help="Finish an interrupted directory output: encode only the shards its manifest lacks.")] = False,
+    with_stats: Annotated[bool, typer.Option("--with-stats", help="Add n_tokens and truncated columns.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no summary; errors still go to stderr.")] = False,
 ) -> None:
     """Encode a file of texts into vectors, written in input order."""
-    from sbert_cli.pipeline import BatchPlan, encode_records
-    from sbert_cli.readers import STDIN, InputSpec, detect_format, iter_records
-    from sbert_cli.writers import default_output_path, open_writer, output_spec
+    from sbert_cli.pipeline import BatchPlan, encode_rows
+    from sbert_cli.readers import STDIN, InputSpec, detect_format, iter_rows
+    from sbert_cli.shards import ShardedSink, identify_input, is_directory_output, prepare_directory, remove_stale_temporaries
+    from sbert_cli.writers import FileSink, RejectsWriter, check_dtype, default_output_path, make_writer, output_spec
 
     with _user_errors():
         spec = InputSpec(input, detect_format(input, format), text_column, id_column)
         if input != STDIN and not Path(input).exists():
             raise UsageError(f"{input}: no such file; check the path")
+        if on_error not in ("fail", "skip"):
+            raise UsageError(f"--on-error {on_error}: expected fail or skip")
         if output is None:
             if input == STDIN:
                 raise UsageError("reading stdin needs -o: a .parquet, .npy or .jsonl file, or - for JSON lines on stdout")
             output = default_output_path(input)
-        out_spec = output_spec(output, dtype)
-        if input != STDIN and output != "-" and Path(output).resolve() == Path(input).resolve():
-            raise UsageError(f"{output}: is the input file; pass another -o")
+        sharded = is_directory_output(output)
+        if sharded:
+            check_dtype(dtype)
+            try:
+                Path(output).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OutputError(f"{output}: cannot create the output directory ({exc.strerror})") from None
+        else:
+            out_spec = output_spec(output, dtype)
+            if resume:
+                raise UsageError("--resume needs -o DIRECTORY: only sharded output keeps a manifest to resume from")
+            if on_error == "skip" and output == "-":
+                raise UsageError("--on-error skip needs an output file or directory to put the rejects beside; -o - has none")
+            if input != STDIN and output != "-" and Path(output).resolve() == Path(input).resolve():
+                raise UsageError(f"{output}: is the input file; pass another -o")
         encoder = _load(model, device, precision, max_length, normalize, quiet)
         info = encoder.info
         metadata = {
@@ -116,18 +139,100 @@ def encode(
             "sbert.dtype": dtype,
             "sbert.version": __version__,
         }
+        stats_length = info.max_length if with_stats else None
         plan = BatchPlan(chunk_size=chunk_size, batch_size=batch_size, max_tokens=max_tokens)
-        with _progress(quiet) as on_rows, open_writer(out_spec, info.dim, metadata) as writer:
-            stats = encode_records(iter_records(spec), encoder, writer, plan, on_rows)
-            if stats.rows == 0:
-                raise InputDataError(f"{spec.name}: no rows to encode")
+        with _output_lock_for(output), _stop_on_signals(output if sharded else None) as check_stop:
+            if sharded:
+                options = {
+                    "model": info.name, "dim": info.dim, "pooling": info.pooling, "normalize": info.normalize,
+                    "max_length": info.max_length, "precision": info.precision, "format": spec.format,
+                    "text_column": text_column, "id_column": id_column, "dtype": dtype, "shard_rows": shard_rows,
+                    "on_error": on_error, "with_stats": with_stats,
+                }
+                manifest = prepare_directory(Path(output), identify_input(input), options, resume)
+                remove_stale_temporaries(Path(output))
+                sink = ShardedSink(Path(output), manifest, shard_rows, info.dim, metadata, dtype, stats_length)
+            else:
+                rejects = RejectsWriter(_rejects_path(output)) if output != "-" else None
+                sink = FileSink(make_writer(out_spec, info.dim, metadata, stats_length), rejects)
+            try:
+                with _progress(quiet) as on_rows:
+                    stats = encode_rows(iter_rows(spec), encoder, sink, plan, on_error == "skip", check_stop, on_rows)
+                if stats.rows + stats.rejected + stats.resumed_rows == 0:
+                    raise InputDataError(f"{spec.name}: no rows to encode")
+                sink.finish()
+            except BaseException:
+                sink.abort()
+                raise
     if not quiet:
-        where = "stdout" if output == "-" else output
-        typer.echo(
-            f"sbert: {stats.rows} rows, dim {info.dim}, {stats.seconds:.1f} s, {stats.rows_per_second:.1f} rows/s, "
-            f"{stats.truncated} truncated to {info.max_length} tokens -> {where}",
-            err=True,
-        )
+        typer.echo(_summary(stats, info.dim, info.max_length, output, sharded), err=True)
+    if stats.rejected:
+        raise typer.Exit(EXIT_WITH_REJECTS)
+
+
+def _rejects_path(output: str) -> str:
+    """out.parquet -> out.rejects.jsonl"""
+    return str(Path(output).with_suffix(".rejects.jsonl"))
+
+
+@contextmanager
+def _output_lock_for(output: str) -> Iterator[None]:
+    """Files and directories are locked against a second run; stdout needs no lock."""
+    from sbert_cli.writers import output_lock
+
+    if output == "-":
+        yield
+    else:
+        with output_lock(output):
+            yield
+
+
+@contextmanager
+def _stop_on_signals(shard_directory: str | None) -> Iterator[Callable[[], None]]:
+    """SIGINT/SIGTERM ask the run to stop after the current batch; a second one stops it at once."""
+    from sbert_cli.pipeline import Interrupted
+
+    received: list[int] = []
+
+    def request_stop(signum: int, frame: object) -> None:
+        received.append(signum)
+        if len(received) > 1:
+            raise Interrupted(_stopped_message(signum, shard_directory), 128 + signum)
+
+    def check_stop() -> None:
+        if received:
+            raise Interrupted(_stopped_message(received[0], shard_directory), 128 + received[0])
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield check_stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stopped_message(signum: int, shard_directory: str | None) -> str:
+    name = signal.Signals(signum).name
+    if shard_directory is None:
+        return f"stopped by {name}; no output was written"
+    return f"stopped by {name}; finished shards are kept in {shard_directory}, rerun with --resume to finish"
+
+
+def _summary(stats, dim: int, max_length: int, output: str, sharded: bool) -> str:
+    where = "stdout" if output == "-" else output
+    parts = [f"sbert: {stats.rows} rows"]
+    if stats.rejected:
+        rejects = f"{output}/part-*.rejects.jsonl" if sharded else _rejects_path(output)
+        parts.append(f"{stats.rejected} rejected -> {rejects}")
+    if sharded:
+        parts.append(f"{stats.shards_written} shards encoded, {stats.shards_resumed} already done ({stats.resumed_rows} rows)")
+    parts += [
+        f"dim {dim}",
+        f"{stats.seconds:.1f} s",
+        f"{stats.rows_per_second:.1f} rows/s",
+        f"{stats.truncated} truncated to {max_length} tokens -> {where}",
+    ]
+    return ", ".join(parts)
 
 
 @contextmanager

@@ -7,14 +7,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from sbert_cli.batching import iter_windows, plan_batches, restore_order
 from sbert_cli.encoder import Encoder, Tokenized
-from sbert_cli.readers import Record
-from sbert_cli.writers import EmbeddingWriter
+from sbert_cli.errors import InputDataError, SbertError
+from sbert_cli.readers import BadRow, Record
 
 T = TypeVar("T")
 
@@ -33,6 +33,10 @@ class EncodeStats:
     """What a run did and where its time went."""
 
     rows: int = 0
+    rejected: int = 0
+    resumed_rows: int = 0
+    shards_written: int = 0
+    shards_resumed: int = 0
     truncated: int = 0
     real_tokens: int = 0
     padded_tokens: int = 0
@@ -47,19 +51,57 @@ class EncodeStats:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
 
 
+class Interrupted(SbertError):
+    """A stop was requested (SIGINT, SIGTERM): the run ended after a whole batch; nothing partial was kept."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Sink(Protocol):
+    """Where a run's rows go, shard by shard (a single output file is one shard)."""
+
+    done: set[int]
+
+    def shard_of(self, row: int) -> int: ...
+
+    def start_shard(self, index: int) -> None: ...
+
+    def write(self, records: list[Record], vectors: np.ndarray, n_tokens: list[int]) -> None: ...
+
+    def reject(self, rows: list[BadRow]) -> None: ...
+
+    def finish_shard(self) -> None: ...
+
+
 @dataclass
 class _Window:
+    shard: int
+    rows: int
     records: list[Record]
-    tokens: Tokenized
+    rejects: list[BadRow]
+    tokens: Tokenized | None
 
 
-def embed_tokenized(tokens: Tokenized, encoder: Encoder, plan: BatchPlan, stats: EncodeStats | None = None) -> np.ndarray:
+StopCheck = Callable[[], None]
+
+
+def embed_tokenized(
+    tokens: Tokenized,
+    encoder: Encoder,
+    plan: BatchPlan,
+    stats: EncodeStats | None = None,
+    check_stop: StopCheck | None = None,
+) -> np.ndarray:
     """Vectors for one window of tokenized texts, batched longest first, returned in the window's order."""
     lengths = [len(ids) for ids in tokens.ids]
     batches = plan_batches(lengths, plan.batch_size, plan.max_tokens)
     outputs = []
     started = time.perf_counter()
     for batch in batches:
+        if check_stop is not None:
+            check_stop()
         outputs.append(encoder.embed([tokens.ids[i] for i in batch]))
     if stats is not None:
         stats.stage_seconds["forward"] += time.perf_counter() - started
@@ -78,39 +120,74 @@ def embed_texts(texts: list[str], encoder: Encoder, plan: BatchPlan = BatchPlan(
     return np.concatenate(parts)
 
 
-def encode_records(
-    records: Iterable[Record],
+def encode_rows(
+    rows: Iterable[Record | BadRow],
     encoder: Encoder,
-    writer: EmbeddingWriter,
+    sink: Sink,
     plan: BatchPlan,
+    skip_bad_rows: bool = False,
+    check_stop: StopCheck | None = None,
     on_rows: Callable[[int], None] | None = None,
 ) -> EncodeStats:
-    """Stream records through the encoder into the writer; memory holds a few windows, never the input."""
+    """Stream rows through the encoder into the sink, shard by shard; memory holds a few windows, never the input.
+
+    A bad row fails the run unless `skip_bad_rows`, when it goes to the sink's rejects. Shards the sink
+    already has (a resumed run) are read past without tokenizing or encoding.
+    """
     stats = EncodeStats()
     started = time.perf_counter()
 
-    def tokenized_windows() -> Iterator[_Window]:
-        windows = iter_windows(records, plan.chunk_size)
+    def windows() -> Iterator[_Window]:
+        source = iter_windows(rows, plan.chunk_size, key=lambda item: sink.shard_of(item.row))
         while True:
             t0 = time.perf_counter()
-            window = next(windows, None)
+            window = next(source, None)
             t1 = time.perf_counter()
             stats.stage_seconds["read"] += t1 - t0
             if window is None:
                 return
-            tokens = encoder.tokenize([record.text for record in window])
+            shard = sink.shard_of(window[0].row)
+            if shard in sink.done:
+                yield _Window(shard, len(window), [], [], None)
+                continue
+            records = [item for item in window if isinstance(item, Record)]
+            rejects = [item for item in window if isinstance(item, BadRow)]
+            if rejects and not skip_bad_rows:
+                raise InputDataError(rejects[0].message())
+            tokens = encoder.tokenize([record.text for record in records]) if records else None
             stats.stage_seconds["tokenize"] += time.perf_counter() - t1
-            yield _Window(window, tokens)
+            yield _Window(shard, len(window), records, rejects, tokens)
 
+    current: int | None = None
+    resumed: set[int] = set()
     # Reading and tokenizing the next window overlaps the forward pass of this one.
-    for window in prefetch(tokenized_windows(), depth=1):
-        vectors = embed_tokenized(window.tokens, encoder, plan, stats)
-        t0 = time.perf_counter()
-        writer.write([record.id for record in window.records], vectors)
-        stats.stage_seconds["write"] += time.perf_counter() - t0
-        stats.rows += len(window.records)
+    for window in prefetch(windows(), depth=1):
+        if window.shard in sink.done:
+            resumed.add(window.shard)
+            stats.resumed_rows += window.rows
+            continue
+        if window.shard != current:
+            if current is not None:
+                sink.finish_shard()
+                stats.shards_written += 1
+            sink.start_shard(window.shard)
+            current = window.shard
+        sink.reject(window.rejects)
+        stats.rejected += len(window.rejects)
+        if window.tokens is not None:
+            vectors = embed_tokenized(window.tokens, encoder, plan, stats, check_stop)
+            t0 = time.perf_counter()
+            sink.write(window.records, vectors, window.tokens.n_tokens)
+            stats.stage_seconds["write"] += time.perf_counter() - t0
+            stats.rows += len(window.records)
         if on_rows is not None:
-            on_rows(len(window.records))
+            on_rows(window.rows)
+        if check_stop is not None:
+            check_stop()
+    if current is not None:
+        sink.finish_shard()
+        stats.shards_written += 1
+    stats.shards_resumed = len(resumed)
     stats.seconds = time.perf_counter() - started
     return stats
 

@@ -102,16 +102,25 @@ def sniff_format(head: bytes) -> str:
     return "tsv" if b"\t" in first_line else "csv"
 
 
-def iter_records(spec: InputSpec, on_bad_row: BadRowHandler | None = None) -> Iterator[Record]:
-    """Yield the input's rows in order; a bad row raises InputDataError, or goes to on_bad_row if given."""
-    handle = on_bad_row if on_bad_row is not None else _raise_bad_row
+def iter_rows(spec: InputSpec) -> Iterator[Record | BadRow]:
+    """Every data row of the input in order, as a Record or, when it cannot be encoded, a BadRow."""
     with _open_binary(spec) as (stream, fmt):
         if fmt == "parquet":
-            yield from _iter_parquet(spec, stream, handle)
+            yield from _iter_parquet(spec, stream)
         elif fmt == "jsonl":
-            yield from _iter_jsonl(spec, stream, handle)
+            yield from _iter_jsonl(spec, stream)
         else:
-            yield from _iter_delimited(spec, stream, "\t" if fmt == "tsv" else ",", handle)
+            yield from _iter_delimited(spec, stream, "\t" if fmt == "tsv" else ",")
+
+
+def iter_records(spec: InputSpec, on_bad_row: BadRowHandler | None = None) -> Iterator[Record]:
+    """The good rows in order; a bad row raises InputDataError, or goes to on_bad_row if given."""
+    handle = on_bad_row if on_bad_row is not None else _raise_bad_row
+    for item in iter_rows(spec):
+        if isinstance(item, BadRow):
+            handle(item)
+        else:
+            yield item
 
 
 def _raise_bad_row(bad: BadRow) -> None:
@@ -159,31 +168,32 @@ def _decode_lines(
             yield lineno, raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             if bad_lines is None:
-                raise InputDataError(_utf8_message(spec.name, lineno, exc)) from None
+                raise InputDataError(f"{spec.name}:{lineno}: {_utf8_reason(exc)}") from None
             bad_lines.add(lineno)
             yield lineno, raw.decode("utf-8", errors="replace")
 
 
-def _utf8_message(name: str, lineno: int, exc: UnicodeDecodeError) -> str:
-    return (
-        f"{name}:{lineno}: not valid UTF-8 (byte {exc.start + 1} of the line); "
-        "convert the file, e.g. iconv -f GBK -t UTF-8"
-    )
+_CONVERT_HINT = "convert the file, e.g. iconv -f GBK -t UTF-8"
 
 
-def _iter_jsonl(spec: InputSpec, stream: IO[bytes], handle: BadRowHandler) -> Iterator[Record]:
+def _utf8_reason(exc: UnicodeDecodeError) -> str:
+    return f"not valid UTF-8 (byte {exc.start + 1} of the line); {_CONVERT_HINT}"
+
+
+def _iter_jsonl(spec: InputSpec, stream: IO[bytes]) -> Iterator[Record | BadRow]:
     row = -1
     for lineno, raw in enumerate(stream, 1):
         if not raw.strip():
             continue
         row += 1
         where = f"{spec.name}:{lineno}"
+        unknown_id = row if spec.id_column is None else None
         if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            handle(BadRow(row, where, row, _utf8_message(spec.name, lineno, exc).split(": ", 1)[1]))
+            yield BadRow(row, where, unknown_id, _utf8_reason(exc))
             continue
         try:
             obj = json.loads(line)
@@ -193,10 +203,10 @@ def _iter_jsonl(spec: InputSpec, stream: IO[bytes], handle: BadRowHandler) -> It
                 if row == 0 and not line.lstrip().startswith("{")
                 else "each line must be one JSON object"
             )
-            handle(BadRow(row, where, row, f"invalid JSON ({exc.msg}); {hint}"))
+            yield BadRow(row, where, unknown_id, f"invalid JSON ({exc.msg}); {hint}")
             continue
         if not isinstance(obj, dict):
-            handle(BadRow(row, where, row, f"expected a JSON object, found {_json_type(obj)}"))
+            yield BadRow(row, where, unknown_id, f"expected a JSON object, found {_json_type(obj)}")
             continue
         if row == 0:
             for column in (spec.text_column, spec.id_column):
@@ -205,26 +215,24 @@ def _iter_jsonl(spec: InputSpec, stream: IO[bytes], handle: BadRowHandler) -> It
         record_id: Any = row
         if spec.id_column is not None:
             if spec.id_column not in obj:
-                handle(BadRow(row, where, row, f"no field '{spec.id_column}'"))
+                yield BadRow(row, where, None, f"no field '{spec.id_column}'")
                 continue
             record_id = obj[spec.id_column]
             problem = _id_problem(record_id)
             if problem:
-                handle(BadRow(row, where, None, problem))
+                yield BadRow(row, where, None, problem)
                 continue
         if spec.text_column not in obj:
-            handle(BadRow(row, where, record_id, f"no field '{spec.text_column}'"))
+            yield BadRow(row, where, record_id, f"no field '{spec.text_column}'")
             continue
         problem = _text_problem(spec.text_column, obj[spec.text_column])
         if problem:
-            handle(BadRow(row, where, record_id, problem))
+            yield BadRow(row, where, record_id, problem)
             continue
         yield Record(row, record_id, obj[spec.text_column])
 
 
-def _iter_delimited(
-    spec: InputSpec, stream: IO[bytes], delimiter: str, handle: BadRowHandler
-) -> Iterator[Record]:
+def _iter_delimited(spec: InputSpec, stream: IO[bytes], delimiter: str) -> Iterator[Record | BadRow]:
     kind = "tab" if delimiter == "\t" else "comma"
     bad_lines: set[int] = set()
     lines = _decode_lines(spec, stream, bad_lines)
@@ -236,7 +244,7 @@ def _iter_delimited(
     except csv.Error as exc:
         raise InputDataError(f"{spec.name}:1: unreadable header ({exc})") from None
     if bad_lines:
-        raise InputDataError(f"{spec.name}:1: header is not valid UTF-8; convert the file, e.g. iconv -f GBK -t UTF-8")
+        raise InputDataError(f"{spec.name}:1: header is not valid UTF-8; {_CONVERT_HINT}")
     text_index = _column_index(spec, header, spec.text_column, True)
     id_index = _column_index(spec, header, spec.id_column, False) if spec.id_column else None
     row = -1
@@ -248,7 +256,8 @@ def _iter_delimited(
             return
         except csv.Error as exc:
             row += 1
-            handle(BadRow(row, f"{spec.name}:{reader.line_num}", row, f"malformed {kind}-separated row ({exc})"))
+            unknown_id = row if id_index is None else None
+            yield BadRow(row, f"{spec.name}:{reader.line_num}", unknown_id, f"malformed {kind}-separated row ({exc})")
             last_line = reader.line_num
             continue
         first_line, last_line = last_line + 1, reader.line_num
@@ -256,20 +265,18 @@ def _iter_delimited(
             continue  # a blank line
         row += 1
         where = f"{spec.name}:{first_line}"
-        record_id: Any = row if id_index is None or id_index >= len(fields) else fields[id_index]
+        record_id: Any = row if id_index is None else (fields[id_index] if id_index < len(fields) else None)
         if any(first_line <= n <= last_line for n in bad_lines):
-            handle(BadRow(row, where, record_id, "not valid UTF-8; convert the file, e.g. iconv -f GBK -t UTF-8"))
+            yield BadRow(row, where, record_id, f"not valid UTF-8; {_CONVERT_HINT}")
             bad_lines.difference_update(range(first_line, last_line + 1))
             continue
         if len(fields) != len(header):
-            handle(
-                BadRow(
-                    row,
-                    where,
-                    record_id,
-                    f"expected {len(header)} {kind}-separated fields, found {len(fields)}; "
-                    f"quote fields that contain the separator",
-                )
+            yield BadRow(
+                row,
+                where,
+                record_id,
+                f"expected {len(header)} {kind}-separated fields, found {len(fields)}; "
+                "quote fields that contain the separator",
             )
             continue
         yield Record(row, record_id, fields[text_index])
@@ -288,7 +295,7 @@ def _missing_column(where: str, noun: str, column: str, present: list[str], is_t
     return f"{where}: no {noun} '{column}' (found: {shown}); pass {flag} NAME"
 
 
-def _iter_parquet(spec: InputSpec, stream: IO[bytes], handle: BadRowHandler) -> Iterator[Record]:
+def _iter_parquet(spec: InputSpec, stream: IO[bytes]) -> Iterator[Record | BadRow]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -318,10 +325,10 @@ def _iter_parquet(spec: InputSpec, stream: IO[bytes], handle: BadRowHandler) -> 
                 if ids is not None:
                     problem = _id_problem(record_id)
                     if problem:
-                        handle(BadRow(row, where, None, problem))
+                        yield BadRow(row, where, None, problem)
                         continue
                 if text is None:
-                    handle(BadRow(row, where, record_id, f"'{spec.text_column}' is null"))
+                    yield BadRow(row, where, record_id, f"'{spec.text_column}' is null")
                     continue
                 yield Record(row, record_id, text)
     except (pa.ArrowInvalid, OSError) as exc:

@@ -170,3 +170,28 @@ def fake_encoder(monkeypatch: pytest.MonkeyPatch) -> FakeEncoder:
     encoder = FakeEncoder()
     monkeypatch.setattr(sbert_cli.encoder, "load_encoder", lambda *args, **kwargs: encoder)
     return encoder
+
+
+# A child process that runs the real `sbert` command with the fake encoder, each batch slowed by
+# FAKE_DELAY seconds so a test can interrupt it mid-run; it prints its peak RSS (KiB) last.
+FAKE_CLI_CHILD = """
+import os, resource, sys, time
+import sbert_cli.encoder
+from tests.conftest import FakeEncoder
+
+class SlowFakeEncoder(FakeEncoder):
+    def embed(self, ids):
+        time.sleep(float(os.environ.get("FAKE_DELAY", "0")))
+        return super().embed(ids)
+
+sbert_cli.encoder.load_encoder = lambda *a, **k: SlowFakeEncoder(dim=int(os.environ.get("FAKE_DIM", "4")))
+from sbert_cli.cli import app
+try:
+    app(sys.argv[1:])
+except SystemExit as done:
+    code = done.code or 0
+else:
+    code = 0
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+sys.exit(code)
+"""

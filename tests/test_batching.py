@@ -63,3 +63,16 @@ def test_restore_order_puts_rows_back(lengths: list[int]) -> None:
     restored = restore_order(len(lengths), batches, outputs)
     np.testing.assert_array_equal(restored[:, 0], np.arange(len(lengths)))
     np.testing.assert_array_equal(restored[:, 1], lengths)
+
+
+@given(
+    rows=st.lists(st.integers(min_value=0, max_value=3), max_size=120).map(sorted),
+    size=st.integers(min_value=1, max_value=17),
+)
+def test_keyed_windows_never_mix_keys(rows: list[int], size: int) -> None:
+    windows = list(iter_windows(rows, size, key=lambda row: row))
+    assert [item for window in windows for item in window] == rows
+    assert all(0 < len(window) <= size and len(set(window)) == 1 for window in windows)
+    # A window is only cut early where the key changes.
+    for before, after in zip(windows, windows[1:]):
+        assert len(before) == size or before[-1] != after[0]

@@ -3,27 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
-
-# The child runs the real `sbert encode` command with the fake encoder, then reports its own peak RSS.
-CHILD = """
-import resource, sys
-import sbert_cli.encoder
-from tests.conftest import FakeEncoder
-sbert_cli.encoder.load_encoder = lambda *a, **k: FakeEncoder(dim=64)
-from sbert_cli.cli import app
-try:
-    app(sys.argv[1:])
-except SystemExit as done:
-    assert done.code in (0, None), done.code
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-"""
+from tests.conftest import FAKE_CLI_CHILD, ROOT
 
 
 def write_rows(path: Path, rows: int) -> None:
@@ -35,7 +22,8 @@ def write_rows(path: Path, rows: int) -> None:
 
 def peak_kib(source: Path, output: Path) -> int:
     args = ["encode", str(source), "-o", str(output), "--id-column", "id", "--chunk-size", "5000", "-q"]
-    done = subprocess.run([sys.executable, "-c", CHILD, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "FAKE_DIM": "64"}
+    done = subprocess.run([sys.executable, "-c", FAKE_CLI_CHILD, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     return int(done.stdout.strip().splitlines()[-1])
 

@@ -1,0 +1,320 @@
+"""Unattended runs: bad rows skipped to a rejects file, sharded output, resume after SIGKILL, SIGTERM, locks, full disk."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from sbert_cli.shards import file_sha256
+from tests.conftest import FAKE_CLI_CHILD, ROOT, FakeEncoder, expected_fake_vectors
+from tests.test_cli import error_of, run
+
+MIXED_LINES = [
+    '{"id": "a", "text": "第一行"}',
+    '{"id": "b", "text": null}',
+    '{"id": "c", "text": "第三行"',
+    '{"id": "d", "text": 42}',
+    '{"id": "e", "text": "第五行"}',
+    '{"id": "f"}',
+    '["not", "an", "object"]',
+    '{"id": "h", "text": "最后一行"}',
+]
+EXPECTED_REJECTS = [
+    {"row": 1, "id": "b", "where": "{}:2", "reason": "'text' is null"},
+    {"row": 2, "id": None, "where": "{}:3", "reason": "invalid JSON (Expecting ',' delimiter); each line must be one JSON object"},
+    {"row": 3, "id": "d", "where": "{}:4", "reason": "'text' is a number, not a string"},
+    {"row": 5, "id": "f", "where": "{}:6", "reason": "no field 'text'"},
+    {"row": 6, "id": None, "where": "{}:7", "reason": "expected a JSON object, found an array"},
+]
+
+
+def mixed_file(tmp_path: Path) -> Path:
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("\n".join(MIXED_LINES) + "\n", encoding="utf-8")
+    return path
+
+
+def read_rejects(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_skip_writes_rejects_and_every_row_is_accounted_for(tmp_path: Path, fake_encoder: FakeEncoder) -> None:
+    source = mixed_file(tmp_path)
+    out = tmp_path / "out.parquet"
+    result = run("encode", source, "-o", out, "--id-column", "id", "--on-error", "skip", "--chunk-size", "3")
+    assert result.exit_code == 3, result.output
+    table = pq.read_table(out)
+    rejects = read_rejects(tmp_path / "out.rejects.jsonl")
+    assert table.column("id").to_pylist() == ["a", "e", "h"]
+    assert rejects == [{**r, "where": r["where"].format(source)} for r in EXPECTED_REJECTS]
+    assert table.num_rows + len(rejects) == len(MIXED_LINES)
+    np.testing.assert_array_equal(np.asarray(table.column("embedding").to_pylist()), expected_fake_vectors(["第一行", "第五行", "最后一行"]))
+    assert "sbert: 3 rows, 5 rejected -> " in result.stderr
+
+
+def test_fail_names_the_first_bad_row_and_writes_nothing(tmp_path: Path, fake_encoder: FakeEncoder) -> None:
+    source = mixed_file(tmp_path)
+    result = run("encode", source, "-o", tmp_path / "out.parquet", "--id-column", "id")
+    assert result.exit_code == 1
+    assert error_of(result) == f"sbert: error: {source}:2: 'text' is null"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mixed.jsonl"]
+
+
+def test_a_clean_rerun_removes_stale_rejects(tmp_path: Path, fake_encoder: FakeEncoder) -> None:
+    out = tmp_path / "out.npy"
+    (tmp_path / "out.rejects.jsonl").write_text('{"row": 1}\n')
+    clean = tmp_path / "clean.jsonl"
+    clean.write_text('{"text": "好"}\n', encoding="utf-8")
+    assert run("encode", clean, "-o", out, "--on-error", "skip", "-q").exit_code == 0
+    assert not (tmp_path / "out.rejects.jsonl").exists()
+
+
+def test_with_stats_columns(tmp_path: Path, fake_encoder: FakeEncoder) -> None:
+    source = tmp_path / "x.jsonl"
+    texts = ["短", "一" * 30]  # the fake encoder truncates at 16 tokens
+    source.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
+    result = run("encode", source, "-o", tmp_path / "x.parquet", "--with-stats")
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(tmp_path / "x.parquet")
+    assert table.column("n_tokens").to_pylist() == [3, 32]
+    assert table.column("truncated").to_pylist() == [False, True]
+    assert "1 truncated to 16 tokens" in result.stderr
+    result = run("encode", source, "-o", "-", "--with-stats", "-q")
+    assert [(r["n_tokens"], r["truncated"]) for r in map(json.loads, result.stdout.splitlines())] == [(3, False), (32, True)]
+    result = run("encode", source, "-o", tmp_path / "x.npy", "--with-stats")
+    assert result.exit_code == 2
+    assert error_of(result) == f"sbert: error: {tmp_path / 'x.npy'}: --with-stats needs a .parquet or .jsonl output, which have room for the columns"
+
+
+# --- sharded output ----------------------------------------------------------------------------------
+
+
+def write_texts(path: Path, count: int) -> list[str]:
+    texts = [f"第{i}行" + "字" * (i % 9) for i in range(count)]
+    path.write_text("".join(json.dumps({"id": f"r{i}", "text": t}, ensure_ascii=False) + "\n" for i, t in enumerate(texts)), encoding="utf-8")
+    return texts
+
+
+def read_shards(directory: Path) -> tuple[list, np.ndarray]:
+    table = pq.read_table(sorted(directory.glob("part-*.parquet")))
+    return table.column("id").to_pylist(), np.asarray(table.column("embedding").to_pylist(), dtype=np.float32)
+
+
+def check_manifest(directory: Path) -> dict:
+    """Every shard the manifest lists exists with its checksum; no temporary file is left."""
+    manifest = json.loads((directory / "manifest.json").read_text())
+    for entry in manifest["shards"]:
+        assert file_sha256(directory / entry["file"]) == entry["sha256"]
+        assert pq.read_metadata(directory / entry["file"]).num_rows == entry["rows"]
+    assert not [p.name for p in directory.iterdir() if ".sbert-tmp-" in p.name]
+    return manifest
+
+
+def test_directory_output_writes_shards_and_manifest(tmp_path: Path, fake_encoder: FakeEncoder) -> None:
+    source = tmp_path / "in.jsonl"
+    texts = write_texts(source, 250)
+    out = tmp_path / "out"
+    result = run("encode", source, "-o", out, "--id-column", "id", "--shard-rows", "100", "--chunk-size", "30")
+    assert result.exit_code == 0, result.output
+    manifest = check_manifest(out)
+    assert manifest["complete"] is True
+    assert [(s["file"], s["first_row"], s["end_row"], s["rows"]) for s in manifest["shards"]] == [
+        ("part-00000.parquet", 0, 100, 100),
+        ("part-00001.parquet", 100, 200, 100),
+        ("part-00002.parquet", 200, 250, 50),
+    ]
+    assert manifest["input"]["size"] == source.stat().st_size and manifest["options"]["shard_rows"] == 100
+    ids, vectors = read_shards(out)
+    assert ids == [f"r{i}" for i in range(250)]
+    np.testing.assert_array_equal(vectors, expected_fake_vectors(texts))
+    assert "3 shards encoded, 0 already done (0 rows)" in result.stderr
+    again = run("encode", source, "-o", out, "--id-column", "id", "--shard-rows", "100")
+    assert again.exit_code == 2
+    assert error_of(again) == f"sbert: error: {out}: holds shards of an earlier run; pass --resume to finish it, or choose an empty directory"
+
+
+def test_resume_refuses_a_changed_input_or_options(tmp_path: Path, fake_encoder: FakeEncoder) -> None:
+    source = tmp_path / "in.jsonl"
+    write_texts(source, 50)
+    out = tmp_path / "out"
+    assert run("encode", source, "-o", out, "--shard-rows", "20", "-q").exit_code == 0
+    result = run("encode", source, "-o", out, "--shard-rows", "25", "--resume")
+    assert result.exit_code == 2
+    assert error_of(result) == f"sbert: error: {out}: options differ from the manifest's (shard_rows: 20 -> 25); resume with the same options"
+    with source.open("a", encoding="utf-8") as stream:
+        stream.write('{"text": "新的一行"}\n')
+    result = run("encode", source, "-o", out, "--shard-rows", "20", "--resume")
+    assert result.exit_code == 2
+    assert error_of(result) == (
+        f"sbert: error: {out}: the input differs from the manifest's (size, mtime_ns, edge_sha256 changed); "
+        "resume only with the same input file, or write into an empty directory"
+    )
+
+
+def start_child(args: list, delay: float) -> subprocess.Popen:
+    env = {**os.environ, "FAKE_DELAY": str(delay)}
+    return subprocess.Popen(
+        [sys.executable, "-c", FAKE_CLI_CHILD, *map(str, args)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def wait_for_shards(directory: Path, count: int, child: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        manifest = directory / "manifest.json"
+        if manifest.exists():
+            try:
+                if len(json.loads(manifest.read_text())["shards"]) >= count:
+                    return
+            except ValueError:
+                pass
+        assert child.poll() is None, child.communicate()
+        time.sleep(0.02)
+    raise AssertionError("the child never finished enough shards")
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    write_texts(source, 600)
+    args = ["encode", source, "--id-column", "id", "--shard-rows", "100", "--chunk-size", "25", "--batch-size", "5"]
+    whole = subprocess.run([sys.executable, "-c", FAKE_CLI_CHILD, *map(str, args), "-o", tmp_path / "whole"], cwd=ROOT, capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr
+
+    out = tmp_path / "killed"
+    child = start_child([*args, "-o", out], delay=0.01)
+    wait_for_shards(out, 2, child)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    done_before = len(check_manifest(out)["shards"])
+    assert 2 <= done_before < 6
+    assert (out / ".sbert.lock").exists()  # the killed run's lock is stale now
+
+    resumed = subprocess.run([sys.executable, "-c", FAKE_CLI_CHILD, *map(str, args), "-o", out, "--resume"], cwd=ROOT, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{6 - done_before} shards encoded, {done_before} already done ({done_before * 100} rows)" in resumed.stderr
+    manifest = check_manifest(out)
+    assert manifest["complete"] is True and len(manifest["shards"]) == 6
+    ids, vectors = read_shards(out)
+    whole_ids, whole_vectors = read_shards(tmp_path / "whole")
+    assert ids == whole_ids == [f"r{i}" for i in range(600)]
+    np.testing.assert_array_equal(vectors, whole_vectors)
+    assert not (out / ".sbert.lock").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_cleanly_with_143(tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    write_texts(source, 600)
+    out = tmp_path / "out"
+    child = start_child(["encode", source, "-o", out, "--shard-rows", "100", "--chunk-size", "25", "--batch-size", "5"], delay=0.01)
+    wait_for_shards(out, 1, child)
+    child.send_signal(signal.SIGTERM)
+    _, stderr = child.communicate(timeout=60)
+    assert child.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1] == f"sbert: error: stopped by SIGTERM; finished shards are kept in {out}, rerun with --resume to finish"
+    manifest = check_manifest(out)
+    assert manifest["complete"] is False and 1 <= len(manifest["shards"]) < 6
+    assert sorted(p.name for p in out.glob("part-*")) == [s["file"] for s in manifest["shards"]]
+    assert not (out / ".sbert.lock").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_on_a_file_output_leaves_nothing(tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    write_texts(source, 400)
+    out = tmp_path / "out.parquet"
+    child = start_child(["encode", source, "-o", out, "--chunk-size", "25", "--batch-size", "5"], delay=0.02)
+    time.sleep(1.5)
+    child.send_signal(signal.SIGTERM)
+    _, stderr = child.communicate(timeout=60)
+    assert child.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1] == "sbert: error: stopped by SIGTERM; no output was written"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+def test_a_second_run_on_the_same_output_is_refused(tmp_path: Path, fake_encoder: FakeEncoder) -> None:
+    source = tmp_path / "in.jsonl"
+    write_texts(source, 10)
+    out = tmp_path / "out.parquet"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (tmp_path / ".out.parquet.sbert.lock").write_text(f"{holder.pid} {os.uname().nodename}\n")
+        result = run("encode", source, "-o", out)
+        assert result.exit_code == 1
+        assert error_of(result) == (
+            f"sbert: error: {out}: another sbert run (pid {holder.pid}) is writing this output; "
+            f"wait for it, or remove {tmp_path / '.out.parquet.sbert.lock'} if that process is gone"
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder is gone: its lock is stale and the next run takes it over.
+    result = run("encode", source, "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.parquet"]
+
+
+@pytest.mark.parametrize("suffix", ["parquet", "npy", "jsonl"])
+def test_full_disk_fails_in_one_line_with_no_partial_file(tmp_path: Path, fake_encoder: FakeEncoder, monkeypatch: pytest.MonkeyPatch, suffix: str) -> None:
+    """ENOSPC on the n-th write, as a full disk gives it; the previous output survives."""
+    import builtins
+
+    source = tmp_path / "in.jsonl"
+    write_texts(source, 100)
+    out = tmp_path / f"out.{suffix}"
+    out.write_bytes(b"yesterday's output")
+    real_open = builtins.open
+
+    class FullDisk:
+        def __init__(self, stream):
+            self._stream, self._writes = stream, 0
+
+        def write(self, data):
+            self._writes += 1
+            if self._writes > 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self._stream.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self._stream, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self._stream.__exit__(*exc)
+
+    def open_on_full_disk(file, mode="r", *args, **kwargs):
+        stream = real_open(file, mode, *args, **kwargs)
+        return FullDisk(stream) if "w" in mode and ".sbert-tmp-" in str(file) else stream
+
+    import pyarrow
+
+    monkeypatch.setattr(builtins, "open", open_on_full_disk)
+    if suffix == "parquet":
+        real_writer = pyarrow.parquet.ParquetWriter.write_table
+        calls = []
+
+        def write_table(self, table, *args, **kwargs):
+            calls.append(1)
+            if len(calls) > 1:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_writer(self, table, *args, **kwargs)
+
+        monkeypatch.setattr(pyarrow.parquet.ParquetWriter, "write_table", write_table)
+    result = run("encode", source, "-o", out, "--chunk-size", "10")
+    assert result.exit_code == 1
+    assert error_of(result) == f"sbert: error: {out}: cannot write (No space left on device); nothing was written"
+    assert out.read_bytes() == b"yesterday's output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", f"out.{suffix}"]
