@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 STAMP := .make/installed
 OUT := sample_data/out
 
-.PHONY: install test demo clean
+.PHONY: install test demo bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q "$(TORCH)"
@@ -36,5 +36,10 @@ demo: install
 	echo "\$$ sbert evaluate sample_data/pairs.tsv"; \
 	sbert evaluate sample_data/pairs.tsv --model "$$model" --quiet
 
+# sbert encode vs sentence-transformers vs the model card snippet on the Chinese-shaped stand-in, same run.
+# QUICK=1 fits in about two minutes.
+bench: install
+	$(PYTHON) -m tests.benchmark $(if $(QUICK),--quick,)
+
 clean:
-	rm -rf $(OUT) .make .pytest_cache .hypothesis
+	rm -rf $(OUT) .make .pytest_cache .hypothesis bench_out

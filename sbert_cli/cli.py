@@ -140,7 +140,7 @@ def encode(
             "sbert.version": __version__,
         }
         stats_length = info.max_length if with_stats else None
-        plan = BatchPlan(chunk_size=chunk_size, batch_size=batch_size, max_tokens=max_tokens)
+        plan = BatchPlan(chunk_size=chunk_size, batch_size=batch_size, max_tokens=max_tokens).for_device(info.device)
         with _output_lock_for(output), _stop_on_signals(output if sharded else None) as check_stop:
             if sharded:
                 options = {
@@ -299,7 +299,8 @@ def evaluate(
         names = parse_columns(columns)
         sets = name_pair_sets([read_pairs(path, names) for path in files])
         encoder = _load(model, device, precision, max_length, False, quiet)
-        scores = score_pair_sets(sets, encoder, BatchPlan(batch_size=batch_size, max_tokens=max_tokens))
+        plan = BatchPlan(batch_size=batch_size, max_tokens=max_tokens).for_device(encoder.info.device)
+        scores = score_pair_sets(sets, encoder, plan)
         if as_json:
             typer.echo(
                 json.dumps(

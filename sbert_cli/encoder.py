@@ -176,12 +176,31 @@ def pick_device(device: str) -> str:
 
 
 def pick_precision(precision: str, device: str) -> str:
-    """The forward pass's precision; 'auto' resolves per device (see README, 'Precision')."""
+    """The forward pass's precision; 'auto' is fp16 on CUDA, bf16 on a CPU that multiplies bf16 natively, else fp32.
+
+    Measured (README, 'Precision'): on an AVX2-only CPU, bf16 is emulated and runs at 1/10 of fp32;
+    on AVX512-BF16 (Zen 4) bf16 autocast ran 1.78x fp32 with cosine >= 0.99998 to fp32.
+    """
     if precision not in PRECISIONS:
         raise UsageError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
     if precision != "auto":
         return precision
-    return "fp16" if device.startswith("cuda") else "fp32"
+    if device.startswith("cuda"):
+        return "fp16"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU has bf16 matrix instructions (AVX512-BF16 or AMX), read from /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
 
 
 def available_cores() -> int:

@@ -6,7 +6,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -19,6 +19,12 @@ from sbert_cli.readers import BadRow, Record
 T = TypeVar("T")
 
 
+# The fixed cost of one forward pass, in tokens' worth of work, used to decide where to cut batches.
+# Measured: on 2 CPU cores 16-64 all cut padding from 1.30x to 1.01-1.03x and ran 1.22x faster than
+# greedy filling (32 is the middle); a GPU runs a small batch almost as fast as a full one.
+BATCH_COST_TOKENS = {"cpu": 32, "cuda": 2048}
+
+
 @dataclass(frozen=True)
 class BatchPlan:
     """How rows are grouped: windows of `chunk_size` rows, batches under `batch_size` rows and `max_tokens`."""
@@ -26,6 +32,11 @@ class BatchPlan:
     chunk_size: int = 10_000
     batch_size: int = 32
     max_tokens: int = 16_384
+    batch_cost: int = BATCH_COST_TOKENS["cpu"]
+
+    def for_device(self, device: str) -> BatchPlan:
+        """The same plan with the batch cost of `device` ('cpu', 'cuda', 'cuda:1')."""
+        return replace(self, batch_cost=BATCH_COST_TOKENS["cuda" if device.startswith("cuda") else "cpu"])
 
 
 @dataclass
@@ -82,9 +93,14 @@ class _Window:
     records: list[Record]
     rejects: list[BadRow]
     tokens: Tokenized | None
+    batches: list[list[int]]
 
 
 StopCheck = Callable[[], None]
+
+
+def plan_window(tokens: Tokenized, plan: BatchPlan) -> list[list[int]]:
+    return plan_batches([len(ids) for ids in tokens.ids], plan.batch_size, plan.max_tokens, plan.batch_cost)
 
 
 def embed_tokenized(
@@ -93,10 +109,12 @@ def embed_tokenized(
     plan: BatchPlan,
     stats: EncodeStats | None = None,
     check_stop: StopCheck | None = None,
+    batches: list[list[int]] | None = None,
 ) -> np.ndarray:
     """Vectors for one window of tokenized texts, batched longest first, returned in the window's order."""
     lengths = [len(ids) for ids in tokens.ids]
-    batches = plan_batches(lengths, plan.batch_size, plan.max_tokens)
+    if batches is None:
+        batches = plan_window(tokens, plan)
     outputs = []
     started = time.perf_counter()
     for batch in batches:
@@ -148,15 +166,16 @@ def encode_rows(
                 return
             shard = sink.shard_of(window[0].row)
             if shard in sink.done:
-                yield _Window(shard, len(window), [], [], None)
+                yield _Window(shard, len(window), [], [], None, [])
                 continue
             records = [item for item in window if isinstance(item, Record)]
             rejects = [item for item in window if isinstance(item, BadRow)]
             if rejects and not skip_bad_rows:
                 raise InputDataError(rejects[0].message())
             tokens = encoder.tokenize([record.text for record in records]) if records else None
+            batches = plan_window(tokens, plan) if tokens is not None else []
             stats.stage_seconds["tokenize"] += time.perf_counter() - t1
-            yield _Window(shard, len(window), records, rejects, tokens)
+            yield _Window(shard, len(window), records, rejects, tokens, batches)
 
     current: int | None = None
     resumed: set[int] = set()
@@ -175,7 +194,7 @@ def encode_rows(
         sink.reject(window.rejects)
         stats.rejected += len(window.rejects)
         if window.tokens is not None:
-            vectors = embed_tokenized(window.tokens, encoder, plan, stats, check_stop)
+            vectors = embed_tokenized(window.tokens, encoder, plan, stats, check_stop, window.batches)
             t0 = time.perf_counter()
             sink.write(window.records, vectors, window.tokens.n_tokens)
             stats.stage_seconds["write"] += time.perf_counter() - t0

@@ -180,3 +180,55 @@ def test_unsupported_module_is_refused(tmp_path: Path, tiny_model_dir: Path) -> 
         f"{model_dir / 'modules.json'}: module 'sentence_transformers.models.Dense' is not supported "
         "(only Transformer, Pooling, Normalize)"
     )
+
+
+def test_bf16_stays_close_to_fp32_on_real_weights(minilm) -> None:
+    """bf16 autocast (what --precision auto picks on a CPU with native bf16): cosine >= 0.9999 to fp32."""
+    import torch
+
+    bf16 = load_encoder(str(minilm.info.name), device="cpu", precision="bf16")
+    texts = MIXED_TEXTS[1:5] + sample_texts()[:12]
+    with torch.no_grad():
+        low = embed_texts(texts, bf16)
+    assert low.dtype == np.float32
+    assert cosine_rows(low, embed_texts(texts, minilm)).min() >= 0.9999
+
+
+def test_auto_precision(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sbert_cli.encoder as encoder_module
+
+    assert encoder_module.pick_precision("auto", "cuda:0") == "fp16"
+    monkeypatch.setattr(encoder_module, "cpu_has_native_bf16", lambda: True)
+    assert encoder_module.pick_precision("auto", "cpu") == "bf16"
+    monkeypatch.setattr(encoder_module, "cpu_has_native_bf16", lambda: False)
+    assert encoder_module.pick_precision("auto", "cpu") == "fp32"
+    assert encoder_module.pick_precision("fp32", "cuda") == "fp32"
+    with pytest.raises(UsageError) as error:
+        encoder_module.pick_precision("int8", "cpu")
+    assert str(error.value) == "--precision int8: expected one of auto, fp32, bf16, fp16"
+
+
+def test_out_of_memory_splits_the_batch_and_retries(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch that runs out of GPU memory is halved until it fits; the vectors do not change."""
+    import torch
+
+    encoder = load_encoder(str(tiny_model_dir), device="cpu")
+    ids = encoder.tokenize(sample_texts()[:9]).ids
+    expected = encoder.embed(ids)
+    real_embed_once = encoder._embed_once
+    sizes = []
+
+    def embed_once(batch):
+        sizes.append(len(batch))
+        if len(batch) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_embed_once(batch)
+
+    monkeypatch.setattr(encoder, "_embed_once", embed_once)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    np.testing.assert_allclose(encoder.embed(ids), expected, atol=1e-5)
+    assert sizes[0] == 9 and max(size for size in sizes if size <= 2) == 2
+    with pytest.raises(ModelError) as error:
+        monkeypatch.setattr(encoder, "_embed_once", lambda batch: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("oom")))
+        encoder.embed(ids[:1])
+    assert str(error.value) == f"CUDA out of memory on a single text of {len(ids[0])} tokens; pass --max-length lower"
