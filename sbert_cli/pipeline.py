@@ -179,36 +179,102 @@ def encode_rows(
 
     current: int | None = None
     resumed: set[int] = set()
-    # Reading and tokenizing the next window overlaps the forward pass of this one.
-    for window in prefetch(windows(), depth=1):
-        if window.shard in sink.done:
-            resumed.add(window.shard)
-            stats.resumed_rows += window.rows
-            continue
-        if window.shard != current:
-            if current is not None:
-                sink.finish_shard()
-                stats.shards_written += 1
-            sink.start_shard(window.shard)
-            current = window.shard
-        sink.reject(window.rejects)
-        stats.rejected += len(window.rejects)
-        if window.tokens is not None:
-            vectors = embed_tokenized(window.tokens, encoder, plan, stats, check_stop, window.batches)
-            t0 = time.perf_counter()
-            sink.write(window.records, vectors, window.tokens.n_tokens)
-            stats.stage_seconds["write"] += time.perf_counter() - t0
-            stats.rows += len(window.records)
-        if on_rows is not None:
-            on_rows(window.rows)
-        if check_stop is not None:
-            check_stop()
-    if current is not None:
-        sink.finish_shard()
-        stats.shards_written += 1
+    # Reading and tokenizing the next window, and writing the last one, overlap this one's forward pass.
+    writer = BackgroundSink(sink)
+    try:
+        for window in prefetch(windows(), depth=1):
+            if window.shard in sink.done:
+                resumed.add(window.shard)
+                stats.resumed_rows += window.rows
+                continue
+            if window.shard != current:
+                if current is not None:
+                    writer.finish_shard()
+                    stats.shards_written += 1
+                writer.start_shard(window.shard)
+                current = window.shard
+            writer.reject(window.rejects)
+            stats.rejected += len(window.rejects)
+            if window.tokens is not None:
+                vectors = embed_tokenized(window.tokens, encoder, plan, stats, check_stop, window.batches)
+                writer.write(window.records, vectors, window.tokens.n_tokens)
+                stats.rows += len(window.records)
+            if on_rows is not None:
+                on_rows(window.rows)
+            if check_stop is not None:
+                check_stop()
+        if current is not None:
+            writer.finish_shard()
+            stats.shards_written += 1
+        writer.close()
+    except BaseException:
+        writer.abandon()
+        raise
+    stats.stage_seconds["write"] = writer.seconds
     stats.shards_resumed = len(resumed)
     stats.seconds = time.perf_counter() - started
     return stats
+
+
+class BackgroundSink:
+    """Runs a sink's calls in order on a writer thread, so Parquet encoding and disk writes overlap the forward pass.
+
+    A failed call (a full disk) is re-raised in the caller's thread at its next call or at close().
+    """
+
+    def __init__(self, sink: Sink, depth: int = 2) -> None:
+        self.sink = sink
+        self.seconds = 0.0
+        self._calls: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._abandoned = False
+        self._thread = threading.Thread(target=self._run, name="sbert-writer", daemon=True)
+        self._thread.start()
+
+    def start_shard(self, index: int) -> None:
+        self._submit(self.sink.start_shard, index)
+
+    def write(self, records: list[Record], vectors: np.ndarray, n_tokens: list[int]) -> None:
+        self._submit(self.sink.write, records, vectors, n_tokens)
+
+    def reject(self, rows: list[BadRow]) -> None:
+        if rows:
+            self._submit(self.sink.reject, rows)
+
+    def finish_shard(self) -> None:
+        self._submit(self.sink.finish_shard)
+
+    def close(self) -> None:
+        """Wait until every call has run; re-raise the first failure."""
+        self._calls.put(None)
+        self._thread.join()
+        self._raise_failure()
+
+    def abandon(self) -> None:
+        """Stop without running what is still queued: the run failed and the caller aborts the sink."""
+        self._abandoned = True
+        self._calls.put(None)
+        self._thread.join()
+
+    def _submit(self, method: Callable[..., None], *args: Any) -> None:
+        self._raise_failure()
+        self._calls.put((method, args))
+
+    def _raise_failure(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        while (call := self._calls.get()) is not None:
+            if self._error is not None or self._abandoned:
+                continue  # drain: the caller will see the failure or is aborting
+            method, args = call
+            started = time.perf_counter()
+            try:
+                method(*args)
+            except BaseException as error:  # handed to the caller's thread
+                self._error = error
+            self.seconds += time.perf_counter() - started
 
 
 class _Failure:

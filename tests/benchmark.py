@@ -42,7 +42,7 @@ BATCH_SIZE = 32
 # Each child times its job from model load to the Parquet file on disk, then prints JSON.
 CHILD = r'''
 import json, resource, sys, time
-kind, precision, model, corpus, out = sys.argv[1:6]
+kind, precision, model, corpus, out, device = sys.argv[1:7]
 import torch  # imported before the clock starts, for every contender alike
 import transformers, sentence_transformers, pyarrow
 from sbert_cli.encoder import available_cores
@@ -58,15 +58,17 @@ start = time.perf_counter()
 if kind == "sbert":
     from sbert_cli.cli import app
     try:
-        app(["encode", corpus, "-o", out, "--model", model, "--precision", precision, "--device", "cpu", "-q"])
+        app(["encode", corpus, "-o", out, "--model", model, "--precision", precision, "--device", device, "-q"])
     except SystemExit as done:
         assert not done.code, done.code
 else:
     texts = [json.loads(line)["text"] for line in open(corpus, encoding="utf-8")]
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else torch.autocast("cpu", enabled=False)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" and device == "cpu" else torch.autocast("cpu", enabled=False)
     if kind == "st":
         from sentence_transformers import SentenceTransformer
-        st = SentenceTransformer(model, device="cpu")
+        # On CUDA, half precision the way sentence-transformers documents it: the weights themselves.
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision) if device != "cpu" else None
+        st = SentenceTransformer(model, device=device, model_kwargs={"torch_dtype": dtype} if dtype else None)
         with autocast:
             vectors = st.encode(texts, batch_size=%(batch)d, convert_to_numpy=True)
     else:  # the model card's snippet: input order, each batch padded to its longest text
@@ -84,7 +86,8 @@ else:
         vectors = np.concatenate(parts)
     write_parquet(vectors, out)
 seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+gpu_mib = torch.cuda.max_memory_allocated() / 2**20 if device != "cpu" else 0.0
+print(json.dumps({"seconds": seconds, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "gpu_mib": gpu_mib}))
 ''' % {"batch": BATCH_SIZE, "length": MAX_SEQ_LENGTH}
 
 
@@ -132,21 +135,27 @@ def build_corpus(path: Path, rows: int, seed: int = 0) -> list[str]:
     return texts
 
 
-def matmul_peak(dtype_name: str, seconds: float = 1.5) -> float:
-    """GFLOP/s of the FFN-shaped matmul the encoder spends its time in, on this process's cores."""
+def matmul_peak(dtype_name: str, device: str = "cpu", seconds: float = 2.0) -> float:
+    """Best GFLOP/s of the FFN-shaped matmul the encoder spends its time in, on this process's cores (or GPU)."""
     import torch
 
     from sbert_cli.encoder import available_cores
 
     torch.set_num_threads(available_cores())
-    dtype = getattr(torch, {"fp32": "float32", "bf16": "bfloat16"}[dtype_name])
-    a, w = torch.randn(2048, 768, dtype=dtype), torch.randn(3072, 768, dtype=dtype)
+    dtype = getattr(torch, {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype_name])
+    rows = 2048 if device == "cpu" else 65536
+    a = torch.randn(rows, 768, dtype=dtype, device=device)
+    w = torch.randn(3072, 768, dtype=dtype, device=device)
     best = 0.0
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:
+        if device != "cpu":
+            torch.cuda.synchronize()
         start = time.perf_counter()
         torch.nn.functional.linear(a, w)
-        best = max(best, 2 * 2048 * 768 * 3072 / (time.perf_counter() - start) / 1e9)
+        if device != "cpu":
+            torch.cuda.synchronize()
+        best = max(best, 2 * rows * 768 * 3072 / (time.perf_counter() - start) / 1e9)
     return best
 
 
@@ -163,9 +172,9 @@ def flops_per_corpus(model_dir: Path, texts: list[str]) -> tuple[int, float]:
     return sum(lengths), float(linear + attention)
 
 
-def run_child(contender: Contender, model_dir: Path, corpus: Path, out: Path) -> dict:
+def run_child(contender: Contender, model_dir: Path, corpus: Path, out: Path, device: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "true"}
-    args = [sys.executable, "-c", CHILD, contender.kind, contender.precision, str(model_dir), str(corpus), str(out)]
+    args = [sys.executable, "-c", CHILD, contender.kind, contender.precision, str(model_dir), str(corpus), str(out), device]
     done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{contender.label} failed:\n{done.stderr[-2000:]}")
@@ -190,6 +199,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int)
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--skip-snippet", action="store_true", help="leave out the (slow) model card snippet")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda: sbert and sentence-transformers both at --gpu-precision")
+    parser.add_argument("--gpu-precision", default="fp16", choices=["fp16", "bf16"])
     parser.add_argument("--workdir", default=str(ROOT / "bench_out"))
     args = parser.parse_args()
     rows = args.rows or (120 if args.quick else 2000)
@@ -203,16 +214,19 @@ def main() -> None:
     corpus = work / f"corpus-{rows}.jsonl"
     texts = build_corpus(corpus, rows)
     real_tokens, flops = flops_per_corpus(model_dir, texts)
-    peaks = {precision: matmul_peak(precision) for precision in ("fp32", "bf16")}
+    device = args.device
+    precisions = ("fp32", "bf16") if device == "cpu" else ("fp32", args.gpu_precision)
+    # The peak is the best of two measurements, before and after the runs, against a noisy neighbour.
+    peaks = {precision: matmul_peak(precision, device) for precision in precisions}
     # bf16 only pays where the CPU multiplies bf16 natively (AVX512-BF16, AMX); elsewhere it is emulated.
-    bf16_applies = peaks["bf16"] > peaks["fp32"]
+    half = precisions[1]
+    half_applies = device != "cpu" or peaks["bf16"] > peaks["fp32"]
     contenders = [Contender("sbert", "fp32", "sbert encode"), Contender("st", "fp32", "sentence-transformers")]
-    if bf16_applies:
-        contenders += [Contender("sbert", "bf16", "sbert encode"), Contender("st", "bf16", "sentence-transformers")]
-    snippet = [] if args.skip_snippet else [Contender("snippet", "fp32", "model card snippet")]
+    if half_applies:
+        contenders += [Contender("sbert", half, "sbert encode"), Contender("st", half, "sentence-transformers")]
+    snippet = [] if args.skip_snippet or device != "cpu" else [Contender("snippet", "fp32", "model card snippet")]
     print(f"corpus: {rows} rows, {real_tokens} real tokens ({real_tokens / rows:.1f} a row), {flops / 1e12:.2f} TFLOP a pass")
-    print(f"matmul peak on {os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
-    if not bf16_applies:
+    if not half_applies:
         print("bf16: not measured end to end: this CPU has no native bf16 matmul (bf16 is emulated, slower than fp32)")
     results: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(dir=work) as scratch:
@@ -221,12 +235,17 @@ def main() -> None:
             for contender in (order if round_index % 2 == 0 else list(reversed(order))):
                 key = f"{contender.label}|{contender.precision}"
                 out = Path(scratch) / f"{contender.kind}-{contender.precision}.parquet"
-                result = run_child(contender, model_dir, corpus, out)
+                result = run_child(contender, model_dir, corpus, out, device)
                 results.setdefault(key, []).append(result)
                 print(f"  round {round_index + 1}: {contender.label:22} {contender.precision}: {rows / result['seconds']:6.1f} rows/s", flush=True)
         cosine = parity(Path(scratch) / "sbert-fp32.parquet", Path(scratch) / "st-fp32.parquet")
-    print()
+    for precision in precisions:
+        peaks[precision] = max(peaks[precision], matmul_peak(precision, device))
+    where = f"{os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable)" if device == "cpu" else device
+    print(f"\nmatmul peak on {where}: " + ", ".join(f"{p} {peaks[p]:.0f} GFLOP/s" for p in precisions))
     header = f"{'contender':22} {'prec':5} {'rows/s':>8} {'tokens/s':>9} {'x ST fp32':>9} {'x ST same':>9} {'% matmul':>9} {'peak MiB':>9}"
+    if device != "cpu":
+        header += f" {'GPU MiB':>8}"
     print(header)
     print("-" * len(header))
     median = {key: statistics.median(r["seconds"] for r in runs) for key, runs in results.items()}
@@ -239,6 +258,7 @@ def main() -> None:
             f"{label:22} {precision:5} {rows / seconds:8.1f} {real_tokens / seconds:9.0f} "
             f"{median['sentence-transformers|fp32'] / seconds:9.2f} {(st_same / seconds if st_same else float('nan')):9.2f} "
             f"{100 * limit_seconds / seconds:8.0f}% {max(r['peak_mib'] for r in runs):9.0f}"
+            + (f" {max(r['gpu_mib'] for r in runs):8.0f}" if device != "cpu" else "")
         )
     print(f"\nparity: sbert fp32 vs sentence-transformers fp32, min cosine over {rows} rows = {cosine:.7f}")
     print("times are medians over rounds, from model load to Parquet on disk, each in a fresh process")
