@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 STAMP := .make/installed
 OUT := sample_data/out
 
-.PHONY: install test demo bench clean
+.PHONY: install test test-ray demo bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q "$(TORCH)"
@@ -17,6 +17,11 @@ install: $(STAMP)
 
 test: install
 	$(PYTHON) -m pytest
+
+# The --engine ray tests: a local 2-CPU Ray; the ray extra is installed when missing.
+test-ray: install
+	@$(PYTHON) -c "import ray.data" 2>/dev/null || $(PYTHON) -m pip install -q -e ".[test,ray]"
+	$(PYTHON) -m pytest -m ray
 
 # The main job on sample_data: encode to Parquet and .npy, a sim, an evaluate. It runs offline: when the
 # default model is neither cached nor reachable, it says so and uses the packaged all-MiniLM-L6-v2.

@@ -95,12 +95,33 @@ def encode(
     resume: Annotated[bool, typer.Option("--resume", help="Finish an interrupted directory output: encode only the shards its manifest lacks.")] = False,
     with_stats: Annotated[bool, typer.Option("--with-stats", help="Add n_tokens and truncated columns.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no summary; errors still go to stderr.")] = False,
+    engine: Annotated[str, typer.Option(help="local, or ray: Ray Data actors over a file, directory or glob, into -o DIRECTORY.")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster to join (auto: the running one; default: a local Ray sized to this machine).")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Ray encoder actors (default: what fits, leaving a CPU for reading).")] = None,
+    cpus_per_worker: Annotated[float, typer.Option(min=0, help="CPUs each Ray actor reserves (and its torch threads).")] = 1.0,
+    gpus_per_worker: Annotated[float, typer.Option(min=0, help="GPUs each Ray actor reserves.")] = 0.0,
 ) -> None:
     """Encode a file of texts into vectors, written in input order."""
+    from sbert_cli.shards import is_directory_output
+
+    if engine not in ("local", "ray"):
+        raise _fail(f"--engine {engine}: expected local or ray", 2)
+    if engine == "ray":
+        with _user_errors():
+            if resume or with_stats:
+                raise UsageError("--engine ray writes a fresh directory: --resume and --with-stats need --engine local")
+            if output is None or not is_directory_output(output):
+                raise UsageError("--engine ray needs -o DIRECTORY for its Parquet shards")
+            _encode_with_ray(
+                input, output, format, text_column, id_column, on_error, model, device, precision, max_length,
+                normalize, dtype, chunk_size, batch_size, max_tokens, shard_rows, ray_address, workers,
+                cpus_per_worker, gpus_per_worker, quiet,
+            )
+        return
     from sbert_cli.pipeline import BatchPlan, encode_rows
     from sbert_cli.readers import STDIN, InputSpec, detect_format, iter_rows
-    from sbert_cli.shards import ShardedSink, identify_input, is_directory_output, prepare_directory, remove_stale_temporaries
-    from sbert_cli.writers import FileSink, RejectsWriter, check_dtype, default_output_path, make_writer, output_spec
+    from sbert_cli.shards import ShardedSink, identify_input, prepare_directory, remove_stale_temporaries
+    from sbert_cli.writers import FileSink, RejectsWriter, check_dtype, default_output_path, describe_model, make_writer, output_spec
 
     with _user_errors():
         spec = InputSpec(input, detect_format(input, format), text_column, id_column)
@@ -129,16 +150,7 @@ def encode(
                 raise UsageError(f"{output}: is the input file; pass another -o")
         encoder = _load(model, device, precision, max_length, normalize, quiet)
         info = encoder.info
-        metadata = {
-            "sbert.model": info.name,
-            "sbert.dim": str(info.dim),
-            "sbert.pooling": info.pooling,
-            "sbert.normalize": str(info.normalize).lower(),
-            "sbert.max_length": str(info.max_length),
-            "sbert.precision": info.precision,
-            "sbert.dtype": dtype,
-            "sbert.version": __version__,
-        }
+        metadata = describe_model(info, dtype)
         stats_length = info.max_length if with_stats else None
         plan = BatchPlan(chunk_size=chunk_size, batch_size=batch_size, max_tokens=max_tokens).for_device(info.device)
         with _output_lock_for(output), _stop_on_signals(output if sharded else None) as check_stop:
@@ -167,6 +179,45 @@ def encode(
     if not quiet:
         typer.echo(_summary(stats, info.dim, info.max_length, output, sharded), err=True)
     if stats.rejected:
+        raise typer.Exit(EXIT_WITH_REJECTS)
+
+
+def _encode_with_ray(
+    input: str, output: str, format: str | None, text_column: str, id_column: str | None, on_error: str, model: str,
+    device: str, precision: str, max_length: int | None, normalize: bool, dtype: str, chunk_size: int,
+    batch_size: int, max_tokens: int, shard_rows: int, ray_address: str | None, workers: int | None,
+    cpus_per_worker: float, gpus_per_worker: float, quiet: bool,
+) -> None:
+    from sbert_cli.encoder import available_cores
+    from sbert_cli.ray_engine import RayJob, expand_inputs, plan_resources, run_ray_job
+    from sbert_cli.readers import detect_format
+    from sbert_cli.writers import check_dtype
+
+    if on_error not in ("fail", "skip"):
+        raise UsageError(f"--on-error {on_error}: expected fail or skip")
+    check_dtype(dtype)
+    inputs = expand_inputs(input)
+    for path in inputs:
+        detect_format(path, format)  # an unknown extension fails here, not on a worker
+    cores = available_cores()
+    job = RayJob(
+        inputs=tuple(inputs), output=output, format=format, text_column=text_column, id_column=id_column,
+        on_error=on_error, model=model, device=device, precision=precision, max_length=max_length,
+        normalize=normalize, dtype=dtype, chunk_size=chunk_size, batch_size=batch_size, max_tokens=max_tokens,
+        shard_rows=shard_rows, workers=plan_resources(ray_address, workers, cpus_per_worker, gpus_per_worker, cores),
+        cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
+    )
+    if not quiet:
+        where = ray_address or f"a local Ray with {cores} CPUs"
+        typer.echo(f"sbert: encoding {len(inputs)} file(s) with {job.workers} worker(s) on {where}", err=True)
+    result = run_ray_job(job, ray_address, cores)
+    if not quiet:
+        parts = [f"sbert: {result.rows} rows"]
+        if result.rejected:
+            parts.append(f"{result.rejected} rejected -> {output}/rejects/")
+        parts += [f"{result.shards} shards", f"{result.seconds:.1f} s", f"{result.rows / max(result.seconds, 1e-9):.1f} rows/s -> {output}"]
+        typer.echo(", ".join(parts), err=True)
+    if result.rejected:
         raise typer.Exit(EXIT_WITH_REJECTS)
 
 

@@ -60,6 +60,22 @@ def output_spec(path: str, dtype: str = "float32") -> OutputSpec:
     return OutputSpec(path, OUTPUT_FORMATS[suffix], dtype)
 
 
+def describe_model(info: Any, dtype: str) -> dict[str, str]:
+    """The Parquet schema metadata saying what the vectors are (an encoder.ModelInfo in, strings out)."""
+    from sbert_cli import __version__
+
+    return {
+        "sbert.model": info.name,
+        "sbert.dim": str(info.dim),
+        "sbert.pooling": info.pooling,
+        "sbert.normalize": str(info.normalize).lower(),
+        "sbert.max_length": str(info.max_length),
+        "sbert.precision": info.precision,
+        "sbert.dtype": dtype,
+        "sbert.version": __version__,
+    }
+
+
 def default_output_path(input_path: str) -> str:
     """data/input.jsonl -> data/input.embeddings.parquet"""
     source = Path(input_path)
