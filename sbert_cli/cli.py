@@ -196,6 +196,7 @@ def _encode_with_ray(
     if on_error not in ("fail", "skip"):
         raise UsageError(f"--on-error {on_error}: expected fail or skip")
     check_dtype(dtype)
+    ray_address = ray_address or os.environ.get("RAY_ADDRESS") or None  # Ray's own variable joins a cluster too
     inputs = expand_inputs(input)
     for path in inputs:
         detect_format(path, format)  # an unknown extension fails here, not on a worker
