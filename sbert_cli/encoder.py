@@ -164,12 +164,12 @@ def pick_device(device: str) -> str:
     if device == "cpu":
         return device
     if device == "cuda" or device.startswith("cuda:"):
+        index = device.partition(":")[2]
+        if index and not index.isdigit():
+            raise UsageError(f"--device {device}: expected cuda or cuda:N")
         if not torch.cuda.is_available():
             raise UsageError(f"--device {device}: torch sees no CUDA device; pass --device cpu")
-        index = int(device.split(":", 1)[1]) if ":" in device and device.split(":", 1)[1].isdigit() else 0
-        if ":" in device and not device.split(":", 1)[1].isdigit():
-            raise UsageError(f"--device {device}: expected cuda or cuda:N")
-        if index >= torch.cuda.device_count():
+        if int(index or 0) >= torch.cuda.device_count():
             raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s); pass cuda:0")
         return device
     raise UsageError(f"--device {device}: expected auto, cpu, cuda or cuda:N")

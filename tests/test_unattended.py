@@ -168,19 +168,33 @@ def start_child(args: list, delay: float) -> subprocess.Popen:
     )
 
 
-def wait_for_shards(directory: Path, count: int, child: subprocess.Popen, timeout: float = 60) -> None:
+def wait_until(ready, child: subprocess.Popen, timeout: float = 60) -> None:
+    """Poll until `ready()` while the child runs: signals are sent mid-run, never during start-up."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        manifest = directory / "manifest.json"
-        if manifest.exists():
-            try:
-                if len(json.loads(manifest.read_text())["shards"]) >= count:
-                    return
-            except ValueError:
-                pass
+        if ready():
+            return
         assert child.poll() is None, child.communicate()
         time.sleep(0.02)
-    raise AssertionError("the child never finished enough shards")
+    raise AssertionError("the child never got that far")
+
+
+def wait_for_shards(directory: Path, count: int, child: subprocess.Popen) -> None:
+    def finished_enough() -> bool:
+        try:
+            return len(json.loads((directory / "manifest.json").read_text())["shards"]) >= count
+        except (OSError, ValueError):
+            return False
+
+    wait_until(finished_enough, child)
+
+
+def terminate(child: subprocess.Popen) -> str:
+    """SIGTERM the child; it must exit 143 and say so in its last line, which is returned."""
+    child.send_signal(signal.SIGTERM)
+    _, stderr = child.communicate(timeout=60)
+    assert child.returncode == 143, stderr
+    return stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.slow
@@ -219,10 +233,7 @@ def test_sigterm_stops_cleanly_with_143(tmp_path: Path) -> None:
     out = tmp_path / "out"
     child = start_child(["encode", source, "-o", out, "--shard-rows", "100", "--chunk-size", "25", "--batch-size", "5"], delay=0.01)
     wait_for_shards(out, 1, child)
-    child.send_signal(signal.SIGTERM)
-    _, stderr = child.communicate(timeout=60)
-    assert child.returncode == 143, stderr
-    assert stderr.strip().splitlines()[-1] == f"sbert: error: stopped by SIGTERM; finished shards are kept in {out}, rerun with --resume to finish"
+    assert terminate(child) == f"sbert: error: stopped by SIGTERM; finished shards are kept in {out}, rerun with --resume to finish"
     manifest = check_manifest(out)
     assert manifest["complete"] is False and 1 <= len(manifest["shards"]) < 6
     assert sorted(p.name for p in out.glob("part-*")) == [s["file"] for s in manifest["shards"]]
@@ -235,11 +246,8 @@ def test_sigterm_on_a_file_output_leaves_nothing(tmp_path: Path) -> None:
     write_texts(source, 400)
     out = tmp_path / "out.parquet"
     child = start_child(["encode", source, "-o", out, "--chunk-size", "25", "--batch-size", "5"], delay=0.02)
-    time.sleep(1.5)
-    child.send_signal(signal.SIGTERM)
-    _, stderr = child.communicate(timeout=60)
-    assert child.returncode == 143, stderr
-    assert stderr.strip().splitlines()[-1] == "sbert: error: stopped by SIGTERM; no output was written"
+    wait_until(lambda: any(tmp_path.glob(".out.parquet.sbert-tmp-*")), child)  # the first window is written
+    assert terminate(child) == "sbert: error: stopped by SIGTERM; no output was written"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
 
 
