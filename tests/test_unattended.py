@@ -70,6 +70,12 @@ def test_fail_names_the_first_bad_row_and_writes_nothing(tmp_path: Path, fake_en
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mixed.jsonl"]
 
 
+def test_skip_needs_somewhere_to_put_rejects(fake_encoder: FakeEncoder) -> None:
+    result = run("encode", "-", "-o", "-", "--on-error", "skip", input=b'{"text": "a"}\n')
+    assert result.exit_code == 2
+    assert error_of(result) == "sbert: error: --on-error skip needs an output file or directory to put the rejects beside; -o - has none"
+
+
 def test_a_clean_rerun_removes_stale_rejects(tmp_path: Path, fake_encoder: FakeEncoder) -> None:
     out = tmp_path / "out.npy"
     (tmp_path / "out.rejects.jsonl").write_text('{"row": 1}\n')
@@ -189,11 +195,11 @@ def wait_for_shards(directory: Path, count: int, child: subprocess.Popen) -> Non
     wait_until(finished_enough, child)
 
 
-def terminate(child: subprocess.Popen) -> str:
-    """SIGTERM the child; it must exit 143 and say so in its last line, which is returned."""
-    child.send_signal(signal.SIGTERM)
+def terminate(child: subprocess.Popen, signum: int = signal.SIGTERM) -> str:
+    """Signal the child; it must exit 128 + the signal and say so in its last line, which is returned."""
+    child.send_signal(signum)
     _, stderr = child.communicate(timeout=60)
-    assert child.returncode == 143, stderr
+    assert child.returncode == 128 + signum, stderr
     return stderr.strip().splitlines()[-1]
 
 
@@ -241,13 +247,15 @@ def test_sigterm_stops_cleanly_with_143(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_sigterm_on_a_file_output_leaves_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_on_a_file_output_leaves_nothing(tmp_path: Path, signum: int) -> None:
     source = tmp_path / "in.jsonl"
     write_texts(source, 400)
     out = tmp_path / "out.parquet"
     child = start_child(["encode", source, "-o", out, "--chunk-size", "25", "--batch-size", "5"], delay=0.02)
     wait_until(lambda: any(tmp_path.glob(".out.parquet.sbert-tmp-*")), child)  # the first window is written
-    assert terminate(child) == "sbert: error: stopped by SIGTERM; no output was written"
+    name = signal.Signals(signum).name
+    assert terminate(child, signum) == f"sbert: error: stopped by {name}; no output was written"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
 
 
