@@ -37,12 +37,12 @@ SETS = [
     "xiaobu/dev.txt",
 ]
 MAX_SEQ_LENGTH = 256
-BATCH_SIZE = 32
 
 # Each child times its job from model load to the Parquet file on disk, then prints JSON.
 CHILD = r'''
 import json, resource, sys, time
-kind, precision, model, corpus, out, device = sys.argv[1:7]
+kind, precision, model, corpus, out, device, batch_size = sys.argv[1:8]
+batch_size = int(batch_size)
 import torch  # imported before the clock starts, for every contender alike
 import transformers, sentence_transformers, pyarrow
 from sbert_cli.encoder import available_cores
@@ -58,7 +58,8 @@ start = time.perf_counter()
 if kind == "sbert":
     from sbert_cli.cli import app
     try:
-        app(["encode", corpus, "-o", out, "--model", model, "--precision", precision, "--device", device, "-q"])
+        app(["encode", corpus, "-o", out, "--model", model, "--precision", precision, "--device", device,
+             "--batch-size", str(batch_size), "--max-tokens", str(batch_size * %(length)d), "-q"])
     except SystemExit as done:
         assert not done.code, done.code
 else:
@@ -66,18 +67,20 @@ else:
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" and device == "cpu" else torch.autocast("cpu", enabled=False)
     if kind == "st":
         from sentence_transformers import SentenceTransformer
-        # On CUDA, half precision the way sentence-transformers documents it: the weights themselves.
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision) if device != "cpu" else None
-        st = SentenceTransformer(model, device=device, model_kwargs={"torch_dtype": dtype} if dtype else None)
+        st = SentenceTransformer(model, device=device)
+        if device != "cpu" and precision == "fp16":
+            st = st.half()  # half precision on CUDA the way sentence-transformers documents it: the weights
+        elif device != "cpu" and precision == "bf16":
+            st = st.to(torch.bfloat16)
         with autocast:
-            vectors = st.encode(texts, batch_size=%(batch)d, convert_to_numpy=True)
+            vectors = st.encode(texts, batch_size=batch_size, convert_to_numpy=True)
     else:  # the model card's snippet: input order, each batch padded to its longest text
         from transformers import AutoModel, AutoTokenizer
         tokenizer = AutoTokenizer.from_pretrained(model)
         encoder = AutoModel.from_pretrained(model).eval()
         parts = []
-        for i in range(0, len(texts), %(batch)d):
-            batch = tokenizer(texts[i:i + %(batch)d], padding=True, truncation=True, max_length=%(length)d, return_tensors="pt")
+        for i in range(0, len(texts), batch_size):
+            batch = tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=%(length)d, return_tensors="pt")
             with torch.no_grad(), autocast:
                 output = encoder(**batch)
             mask = batch["attention_mask"].unsqueeze(-1).float()
@@ -88,7 +91,7 @@ else:
 seconds = time.perf_counter() - start
 gpu_mib = torch.cuda.max_memory_allocated() / 2**20 if device != "cpu" else 0.0
 print(json.dumps({"seconds": seconds, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "gpu_mib": gpu_mib}))
-''' % {"batch": BATCH_SIZE, "length": MAX_SEQ_LENGTH}
+''' % {"length": MAX_SEQ_LENGTH}
 
 
 @dataclass
@@ -172,9 +175,9 @@ def flops_per_corpus(model_dir: Path, texts: list[str]) -> tuple[int, float]:
     return sum(lengths), float(linear + attention)
 
 
-def run_child(contender: Contender, model_dir: Path, corpus: Path, out: Path, device: str) -> dict:
+def run_child(contender: Contender, model_dir: Path, corpus: Path, out: Path, device: str, batch_size: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "true"}
-    args = [sys.executable, "-c", CHILD, contender.kind, contender.precision, str(model_dir), str(corpus), str(out), device]
+    args = [sys.executable, "-c", CHILD, contender.kind, contender.precision, str(model_dir), str(corpus), str(out), device, str(batch_size)]
     done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{contender.label} failed:\n{done.stderr[-2000:]}")
@@ -201,6 +204,7 @@ def main() -> None:
     parser.add_argument("--skip-snippet", action="store_true", help="leave out the (slow) model card snippet")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda: sbert and sentence-transformers both at --gpu-precision")
     parser.add_argument("--gpu-precision", default="fp16", choices=["fp16", "bf16"])
+    parser.add_argument("--batch-size", type=int, help="rows a batch, the same for every contender (default 32 on CPU, 128 on CUDA)")
     parser.add_argument("--workdir", default=str(ROOT / "bench_out"))
     args = parser.parse_args()
     rows = args.rows or (120 if args.quick else 2000)
@@ -215,6 +219,7 @@ def main() -> None:
     texts = build_corpus(corpus, rows)
     real_tokens, flops = flops_per_corpus(model_dir, texts)
     device = args.device
+    batch_size = args.batch_size or (32 if device == "cpu" else 128)
     precisions = ("fp32", "bf16") if device == "cpu" else ("fp32", args.gpu_precision)
     # The peak is the best of two measurements, before and after the runs, against a noisy neighbour.
     peaks = {precision: matmul_peak(precision, device) for precision in precisions}
@@ -235,7 +240,7 @@ def main() -> None:
             for contender in (order if round_index % 2 == 0 else list(reversed(order))):
                 key = f"{contender.label}|{contender.precision}"
                 out = Path(scratch) / f"{contender.kind}-{contender.precision}.parquet"
-                result = run_child(contender, model_dir, corpus, out, device)
+                result = run_child(contender, model_dir, corpus, out, device, batch_size)
                 results.setdefault(key, []).append(result)
                 print(f"  round {round_index + 1}: {contender.label:22} {contender.precision}: {rows / result['seconds']:6.1f} rows/s", flush=True)
         cosine = parity(Path(scratch) / "sbert-fp32.parquet", Path(scratch) / "st-fp32.parquet")
