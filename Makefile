@@ -4,6 +4,7 @@ PYTHON ?= python3
 # PyPI's build elsewhere); on a GPU machine install the torch build you want first, or set TORCH=torch.
 TORCH ?= torch==2.13.0
 STAMP := .make/installed
+SBERT := $(PYTHON) -m sbert_cli
 OUT := sample_data/out
 
 .PHONY: install test test-ray demo bench clean
@@ -33,13 +34,13 @@ demo: install
 	fi; \
 	mkdir -p $(OUT); \
 	echo "\$$ sbert encode sample_data/sentences.jsonl -o $(OUT)/sentences.parquet --id-column id"; \
-	sbert encode sample_data/sentences.jsonl -o $(OUT)/sentences.parquet --id-column id --model "$$model"; \
+	$(SBERT) encode sample_data/sentences.jsonl -o $(OUT)/sentences.parquet --id-column id --model "$$model"; \
 	echo "\$$ sbert encode sample_data/sentences.csv -o $(OUT)/sentences.npy --id-column id"; \
-	sbert encode sample_data/sentences.csv -o $(OUT)/sentences.npy --id-column id --model "$$model"; \
+	$(SBERT) encode sample_data/sentences.csv -o $(OUT)/sentences.npy --id-column id --model "$$model"; \
 	echo "\$$ sbert sim 如何申请退款？ 怎么才能把钱退回来？ 今天的天气怎么样？"; \
-	sbert sim "如何申请退款？" "怎么才能把钱退回来？" "今天的天气怎么样？" --model "$$model"; \
+	$(SBERT) sim "如何申请退款？" "怎么才能把钱退回来？" "今天的天气怎么样？" --model "$$model"; \
 	echo "\$$ sbert evaluate sample_data/pairs.tsv"; \
-	sbert evaluate sample_data/pairs.tsv --model "$$model" --quiet
+	$(SBERT) evaluate sample_data/pairs.tsv --model "$$model" --quiet
 
 # sbert encode vs sentence-transformers vs the model card snippet on the Chinese-shaped stand-in, same run.
 # QUICK=1 fits in about two minutes.
