@@ -104,8 +104,11 @@ def encode(
     """Encode a file of texts into vectors, written in input order."""
     from sbert_cli.shards import is_directory_output
 
-    if engine not in ("local", "ray"):
-        raise _fail(f"--engine {engine}: expected local or ray", 2)
+    with _user_errors():
+        if engine not in ("local", "ray"):
+            raise UsageError(f"--engine {engine}: expected local or ray")
+        if on_error not in ("fail", "skip"):
+            raise UsageError(f"--on-error {on_error}: expected fail or skip")
     if engine == "ray":
         with _user_errors():
             if resume or with_stats:
@@ -127,8 +130,6 @@ def encode(
         spec = InputSpec(input, detect_format(input, format), text_column, id_column)
         if input != STDIN and not Path(input).exists():
             raise UsageError(f"{input}: no such file; check the path")
-        if on_error not in ("fail", "skip"):
-            raise UsageError(f"--on-error {on_error}: expected fail or skip")
         if output is None:
             if input == STDIN:
                 raise UsageError("reading stdin needs -o: a .parquet, .npy or .jsonl file, or - for JSON lines on stdout")
@@ -193,8 +194,6 @@ def _encode_with_ray(
     from sbert_cli.readers import detect_format
     from sbert_cli.writers import check_dtype
 
-    if on_error not in ("fail", "skip"):
-        raise UsageError(f"--on-error {on_error}: expected fail or skip")
     check_dtype(dtype)
     ray_address = ray_address or os.environ.get("RAY_ADDRESS") or None  # Ray's own variable joins a cluster too
     inputs = expand_inputs(input)

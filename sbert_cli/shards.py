@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from sbert_cli.errors import InputDataError, OutputError, UsageError
+from sbert_cli.errors import InputDataError, UsageError
 from sbert_cli.readers import STDIN, BadRow, Record
 from sbert_cli.writers import OutputSpec, ParquetWriter, RejectsWriter, _output_errors, temporary_path
 
@@ -241,7 +241,3 @@ class ShardedSink:
             self._rejects.abort()
         self._writer = self._rejects = None
 
-
-def check_writable(directory: Path) -> None:
-    if directory.exists() and not os.access(directory, os.W_OK):
-        raise OutputError(f"{directory}: directory is not writable")

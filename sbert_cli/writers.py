@@ -274,24 +274,6 @@ def make_writer(spec: OutputSpec, dim: int, metadata: dict[str, str], stats_max_
 
 
 @contextmanager
-def open_writer(
-    spec: OutputSpec, dim: int, metadata: dict[str, str], stats_max_length: int | None = None
-) -> Iterator[EmbeddingWriter]:
-    """A writer that publishes its output only if the block completes; on any error nothing is left behind."""
-    writer = make_writer(spec, dim, metadata, stats_max_length)
-    try:
-        yield writer
-    except BaseException:
-        writer.abort()
-        raise
-    try:
-        writer.finish()
-    except BaseException:
-        writer.abort()
-        raise
-
-
-@contextmanager
 def _output_errors(path: str) -> Iterator[None]:
     """OSError while writing (disk full, permissions) -> one-line OutputError naming the file."""
     try:
