@@ -13,8 +13,8 @@ import numpy as np
 
 from sbert_cli.batching import iter_windows, plan_batches, restore_order
 from sbert_cli.encoder import Encoder, Tokenized
-from sbert_cli.errors import InputDataError, SbertError
-from sbert_cli.readers import BadRow, Record
+from sbert_cli.errors import SbertError
+from sbert_cli.readers import BadRow, Record, split_window
 
 T = TypeVar("T")
 
@@ -168,10 +168,7 @@ def encode_rows(
             if shard in sink.done:
                 yield _Window(shard, len(window), [], [], None, [])
                 continue
-            records = [item for item in window if isinstance(item, Record)]
-            rejects = [item for item in window if isinstance(item, BadRow)]
-            if rejects and not skip_bad_rows:
-                raise InputDataError(rejects[0].message())
+            records, rejects = split_window(window, skip_bad_rows)
             tokens = encoder.tokenize([record.text for record in records]) if records else None
             batches = plan_window(tokens, plan) if tokens is not None else []
             stats.stage_seconds["tokenize"] += time.perf_counter() - t1

@@ -86,8 +86,7 @@ def read_files(batch: Any, job: RayJob) -> Iterator[Any]:
     import pyarrow as pa
 
     from sbert_cli.batching import iter_windows
-    from sbert_cli.errors import InputDataError
-    from sbert_cli.readers import BadRow, InputSpec, Record, detect_format, iter_rows
+    from sbert_cli.readers import InputSpec, detect_format, iter_rows, split_window
     from sbert_cli.writers import RejectsWriter
 
     several = len(job.inputs) > 1
@@ -98,11 +97,8 @@ def read_files(batch: Any, job: RayJob) -> Iterator[Any]:
         rejects = RejectsWriter(str(Path(job.output) / "rejects" / f"{_file_key(path)}.rejects.jsonl"))
         try:
             for window in iter_windows(iter_rows(spec), job.chunk_size):
-                bad = [item for item in window if isinstance(item, BadRow)]
-                if bad and job.on_error == "fail":
-                    raise InputDataError(bad[0].message())
+                good, bad = split_window(window, job.on_error == "skip")
                 rejects.add(bad)
-                good = [item for item in window if isinstance(item, Record)]
                 if not good:
                     continue
                 # Without an id column, ids are row numbers, prefixed with the file's name when there are several.
@@ -140,16 +136,14 @@ class EncodeBatches:
         self.metadata = describe_model(self.encoder.info, job.dtype)
 
     def __call__(self, table: Any) -> Any:
-        import numpy as np
         import pyarrow as pa
 
         from sbert_cli.pipeline import embed_tokenized
+        from sbert_cli.writers import embedding_array
 
         tokens = self.encoder.tokenize(table.column("text").to_pylist())
         vectors = embed_tokenized(tokens, self.encoder, self.plan)
-        values = pa.array(np.ascontiguousarray(vectors, dtype=np.dtype(self.job.dtype)).reshape(-1))
-        embedding = pa.FixedSizeListArray.from_arrays(values, self.encoder.info.dim)
-        result = pa.table({"id": table.column("id"), "embedding": embedding})
+        result = pa.table({"id": table.column("id"), "embedding": embedding_array(vectors, self.job.dtype)})
         return result.replace_schema_metadata(self.metadata)
 
 

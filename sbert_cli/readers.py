@@ -123,6 +123,15 @@ def iter_records(spec: InputSpec, on_bad_row: BadRowHandler | None = None) -> It
             yield item
 
 
+def split_window(window: list[Record | BadRow], skip_bad_rows: bool) -> tuple[list[Record], list[BadRow]]:
+    """A window's good rows and bad rows; a bad row raises InputDataError unless they are being skipped."""
+    records = [item for item in window if isinstance(item, Record)]
+    rejects = [item for item in window if isinstance(item, BadRow)]
+    if rejects and not skip_bad_rows:
+        _raise_bad_row(rejects[0])
+    return records, rejects
+
+
 def _raise_bad_row(bad: BadRow) -> None:
     raise InputDataError(bad.message())
 

@@ -162,8 +162,7 @@ class ParquetWriter(_FileWriter):
         import pyarrow.parquet as pq
 
         id_array = _id_array(pa, ids, self._id_type, self.rows)
-        values = pa.array(np.ascontiguousarray(vectors, dtype=self.dtype).reshape(-1))
-        arrays = [id_array, pa.FixedSizeListArray.from_arrays(values, self.dim)]
+        arrays = [id_array, embedding_array(vectors, self.dtype)]
         names = ["id", "embedding"]
         if self.stats_max_length is not None and n_tokens is not None:
             counts = np.asarray(n_tokens, dtype=np.int32)
@@ -189,6 +188,14 @@ class ParquetWriter(_FileWriter):
             schema = pa.schema(fields, metadata=self.metadata)
             self._writer = pq.ParquetWriter(self._temp, schema)
         self._writer.close()
+
+
+def embedding_array(vectors: np.ndarray, dtype: Any) -> Any:
+    """[rows, dim] vectors as an Arrow fixed_size_list<float>[dim] column, the embedding column's type."""
+    import pyarrow as pa
+
+    values = pa.array(np.ascontiguousarray(vectors, dtype=np.dtype(dtype)).reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(values, vectors.shape[1])
 
 
 def _id_array(pa: Any, ids: list[Any], id_type: Any, first_row: int) -> Any:
