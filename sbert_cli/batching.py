@@ -3,12 +3,35 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from itertools import islice
 from typing import TypeVar
 
 import numpy as np
 
 T = TypeVar("T")
+
+# The fixed cost of one forward pass, in tokens' worth of work, used to decide where to cut batches: a
+# CPU pays little per call beyond the arithmetic, a GPU runs a small batch almost as fast as a full one.
+BATCH_COST_TOKENS = {"cpu": 32, "cuda": 2048}
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How rows are grouped: windows of `chunk_size` rows, batches under `batch_size` rows and `max_tokens`."""
+
+    chunk_size: int = 10_000
+    batch_size: int = 32
+    max_tokens: int = 16_384
+    batch_cost: int = BATCH_COST_TOKENS["cpu"]
+
+    def for_device(self, device: str) -> BatchPlan:
+        """The same plan with the batch cost of `device` ('cpu', 'cuda', 'cuda:1')."""
+        return replace(self, batch_cost=BATCH_COST_TOKENS["cuda" if device.startswith("cuda") else "cpu"])
+
+    def cut(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Batches of row indices for rows of these token counts (see plan_batches)."""
+        return plan_batches(lengths, self.batch_size, self.max_tokens, self.batch_cost)
 
 
 def iter_windows(items: Iterable[T], size: int, key: Callable[[T], int] | None = None) -> Iterator[list[T]]:

@@ -1,48 +1,78 @@
-"""Thin Typer commands: parse options, call the stages, print results, map errors to exit codes."""
+"""The commands: parse options into a job, call the stages, print the results; errors become one line and an exit code."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
+import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from sbert_cli import __version__
-from sbert_cli.errors import InputDataError, OutputError, SbertError, UsageError
+from sbert_cli.errors import EXIT_WITH_REJECTS, SbertError, UsageError
+from sbert_cli.job import DEFAULT_MODEL, Dtype, EncodeJob, Engine, InputFormat, ModelOptions, OnError, Precision
 
 if TYPE_CHECKING:
-    from sbert_cli.encoder import TransformerEncoder
+    from sbert_cli.cache import VectorCache
+    from sbert_cli.evaluate import PairScore, PairSet
 
-DEFAULT_MODEL = "DMetaSoul/sbert-chinese-general-v1"  # kept in sync with encoder.DEFAULT_MODEL by a test
+
+class _OneLineErrors(TyperGroup):
+    """Typer's own usage errors (a bad choice, a missing argument) print as our one `sbert: error:` line, exit 2."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.TyperException as error:
+            context = getattr(error, "ctx", None)
+            if type(error).__name__ == "NoArgsIsHelpError":  # `sbert` alone: its message is the help
+                typer.echo(error.format_message())
+            else:
+                hint = f" (see '{context.command_path} --help')" if context is not None else ""
+                message = error.format_message().replace("Value error, ", "")  # the choice checker's prefix
+                typer.echo(f"sbert: error: {message}{hint}", err=True)
+            code = error.exit_code
+        except typer.Abort:
+            typer.echo("sbert: error: aborted", err=True)
+            code = 1
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _device(value: str) -> str:
+    """auto, cpu, cuda or cuda:N: a fixed choice plus a device number."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        raise typer.BadParameter(f"'{value}' is not one of 'auto', 'cpu', 'cuda', 'cuda:N'.")
+    return value
+
 
 app = typer.Typer(
     name="sbert",
+    cls=_OneLineErrors,
     help="Chinese sentence embeddings in bulk: encode files, compare sentences, evaluate on pair sets.",
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+cache_app = typer.Typer(help="Look into a vector cache file, or prune what is no longer wanted.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
 
-ModelOption = Annotated[
-    str,
-    typer.Option("--model", "-m", envvar="SBERT_MODEL", help="Hub id or local directory (sentence-transformers or transformers layout)."),
-]
-DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N; auto takes CUDA when available.")]
-PrecisionOption = Annotated[str, typer.Option(help="Forward pass precision: auto, fp32, bf16 or fp16 (vectors are float32).")]
-MaxLengthOption = Annotated[Optional[int], typer.Option(help="Truncate texts to this many tokens (default: the model's).")]
-BatchSizeOption = Annotated[int, typer.Option(min=1, help="Most rows in one forward pass.")]
-MaxTokensOption = Annotated[int, typer.Option(min=1, help="Most padded tokens (longest x rows) in one forward pass.")]
+INPUT, MODEL, BATCHING, OUTPUT, UNATTENDED, RAY = "Input", "Model", "Batching", "Output", "Unattended runs", "Ray"
 
 
-def _fail(message: str, code: int) -> typer.Exit:
-    typer.echo(f"sbert: error: {message}", err=True)
-    return typer.Exit(code)
+ModelOption = Annotated[str, typer.Option("--model", "-m", envvar="SBERT_MODEL", rich_help_panel=MODEL, help="Hub id or local directory (sentence-transformers or transformers layout).")]
+DeviceOption = Annotated[str, typer.Option(parser=_device, metavar="[auto|cpu|cuda|cuda:N]", rich_help_panel=MODEL, help="auto takes CUDA when torch sees a GPU.")]
+PrecisionOption = Annotated[Precision, typer.Option(rich_help_panel=MODEL, help="Forward pass precision; auto: fp16 on CUDA, bf16 on a CPU with native bf16, else fp32. Vectors are float32.")]
+MaxLengthOption = Annotated[Optional[int], typer.Option(rich_help_panel=MODEL, help="Truncate texts to this many tokens (default: the model's).")]
+BatchSizeOption = Annotated[int, typer.Option(min=1, rich_help_panel=BATCHING, help="Most rows in one forward pass.")]
+MaxTokensOption = Annotated[int, typer.Option(min=1, rich_help_panel=BATCHING, help="Most padded tokens (longest x rows) in one forward pass.")]
+CacheOption = Annotated[Optional[str], typer.Option(envvar="SBERT_CACHE", rich_help_panel=UNATTENDED, help="SQLite vector cache: texts encoded before with the same model and options are not encoded again.")]
 
 
 @contextmanager
@@ -51,251 +81,111 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except SbertError as error:
-        raise _fail(str(error), error.exit_code) from None
+        typer.echo(f"sbert: error: {error}", err=True)
+        raise typer.Exit(error.exit_code) from None
     except KeyboardInterrupt:
-        raise _fail("interrupted; no output was written", 130) from None
+        typer.echo("sbert: error: interrupted; no output was written", err=True)
+        raise typer.Exit(130) from None
     except BrokenPipeError:
         # The reader of our stdout has gone (e.g. `| head`): point stdout at /dev/null so exit does not complain.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise typer.Exit(141) from None
 
 
-def _load(model: str, device: str, precision: str, max_length: int | None, normalize: bool, quiet: bool) -> TransformerEncoder:
-    from sbert_cli.encoder import load_encoder
-
-    if not quiet:
-        typer.echo(f"sbert: loading {model}", err=True)
-    return load_encoder(model, device=device, precision=precision, max_length=max_length, normalize=normalize)
-
-
-EXIT_WITH_REJECTS = 3  # the run completed, but some rows went to the rejects file instead of the output
-
-
 @app.command()
 def encode(
-    input: Annotated[str, typer.Argument(help="CSV, TSV, JSONL or Parquet file; - reads stdin.", show_default=False)],
-    output: Annotated[
-        Optional[str],
-        typer.Option("--output", "-o", help="Output .parquet, .npy (+ .ids.jsonl) or .jsonl; - writes JSON lines to stdout; a directory gets Parquet shards and a manifest. Default: <input stem>.embeddings.parquet beside the input."),
-    ] = None,
-    format: Annotated[Optional[str], typer.Option("--format", "-f", help="Input format: csv, tsv, jsonl or parquet (default: from the extension; sniffed on stdin).")] = None,
-    text_column: Annotated[str, typer.Option(help="Column or field holding the text.")] = "text",
-    id_column: Annotated[Optional[str], typer.Option(help="Column or field holding the id (default: 0-based row numbers).")] = None,
+    input: Annotated[str, typer.Argument(help="CSV, TSV, JSONL or Parquet file; - reads stdin; with --engine ray also a directory or glob.", show_default=False)],
+    format: Annotated[Optional[InputFormat], typer.Option("--format", "-f", rich_help_panel=INPUT, help="Input format (default: from the extension; sniffed on stdin).")] = None,
+    text_column: Annotated[str, typer.Option(rich_help_panel=INPUT, help="Column or field holding the text.")] = "text",
+    id_column: Annotated[Optional[str], typer.Option(rich_help_panel=INPUT, help="Column or field holding the id (default: 0-based row numbers).")] = None,
     model: ModelOption = DEFAULT_MODEL,
     device: DeviceOption = "auto",
-    precision: PrecisionOption = "fp32",
+    precision: PrecisionOption = "auto",
     max_length: MaxLengthOption = None,
-    normalize: Annotated[bool, typer.Option("--normalize", help="L2-normalise the vectors.")] = False,
-    dtype: Annotated[str, typer.Option(help="Stored vector type: float32 or float16.")] = "float32",
-    chunk_size: Annotated[int, typer.Option(min=1, help="Rows read, sorted and batched at a time; bounds memory.")] = 10_000,
+    normalize: Annotated[bool, typer.Option("--normalize", rich_help_panel=MODEL, help="L2-normalise the vectors.")] = False,
+    chunk_size: Annotated[int, typer.Option(min=1, rich_help_panel=BATCHING, help="Rows read, sorted and batched at a time; bounds memory.")] = 10_000,
     batch_size: BatchSizeOption = 32,
     max_tokens: MaxTokensOption = 16_384,
-    on_error: Annotated[str, typer.Option(help="fail: stop at the first bad row (exit 1). skip: write it to <output>.rejects.jsonl and go on (exit 3 if any).")] = "fail",
-    shard_rows: Annotated[int, typer.Option(min=1, help="Input rows per Parquet shard when -o is a directory.")] = 100_000,
-    resume: Annotated[bool, typer.Option("--resume", help="Finish an interrupted directory output: encode only the shards its manifest lacks.")] = False,
-    with_stats: Annotated[bool, typer.Option("--with-stats", help="Add n_tokens and truncated columns.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no summary; errors still go to stderr.")] = False,
-    engine: Annotated[str, typer.Option(help="local, or ray: Ray Data actors over a file, directory or glob, into -o DIRECTORY.")] = "local",
-    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster to join (auto: the running one; default: a local Ray sized to this machine).")] = None,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="Ray encoder actors (default: what fits, leaving a CPU for reading).")] = None,
-    cpus_per_worker: Annotated[float, typer.Option(min=0, help="CPUs each Ray actor reserves (and its torch threads).")] = 1.0,
-    gpus_per_worker: Annotated[float, typer.Option(min=0, help="GPUs each Ray actor reserves.")] = 0.0,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", rich_help_panel=OUTPUT, help="A .parquet, .npy (+ .ids.jsonl) or .jsonl file; - for JSON lines on stdout; a directory for Parquet shards. Default: <input stem>.embeddings.parquet beside the input.")] = None,
+    dtype: Annotated[Dtype, typer.Option(rich_help_panel=OUTPUT, help="Stored vector type.")] = "float32",
+    with_stats: Annotated[bool, typer.Option("--with-stats", rich_help_panel=OUTPUT, help="Add n_tokens and truncated columns.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel=OUTPUT, help="No progress bar, no summary; errors still go to stderr.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", rich_help_panel=OUTPUT, help="Also print stage timings, padding and tokens/s.")] = False,
+    on_error: Annotated[OnError, typer.Option(rich_help_panel=UNATTENDED, help="fail: stop at the first bad row (exit 1). skip: write it to the rejects file and go on (exit 3 if any).")] = "fail",
+    shard_rows: Annotated[int, typer.Option(min=1, rich_help_panel=UNATTENDED, help="Input rows per Parquet shard when -o is a directory.")] = 100_000,
+    resume: Annotated[bool, typer.Option("--resume", rich_help_panel=UNATTENDED, help="Finish what an earlier run of -o DIRECTORY left, start it if there is none, or do nothing if it is complete.")] = False,
+    cache: CacheOption = None,
+    engine: Annotated[Engine, typer.Option(rich_help_panel=RAY, help="ray: Ray Data actors over a file, directory or glob, into -o DIRECTORY.")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(envvar="RAY_ADDRESS", rich_help_panel=RAY, help="Ray cluster to join (auto: the running one; default: a local Ray sized to this machine).")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, rich_help_panel=RAY, help="Ray encoder actors (default: what fits, leaving a CPU for reading).")] = None,
+    cpus_per_worker: Annotated[float, typer.Option(min=0, rich_help_panel=RAY, help="CPUs each Ray actor reserves (and its torch threads).")] = 1.0,
+    gpus_per_worker: Annotated[float, typer.Option(min=0, rich_help_panel=RAY, help="GPUs each Ray actor reserves.")] = 0.0,
 ) -> None:
     """Encode a file of texts into vectors, written in input order."""
-    from sbert_cli.shards import is_directory_output
+    from sbert_cli.batching import BatchPlan
+    from sbert_cli.job import RayOptions, input_spec, output_target
 
     with _user_errors():
-        if engine not in ("local", "ray"):
-            raise UsageError(f"--engine {engine}: expected local or ray")
-        if on_error not in ("fail", "skip"):
-            raise UsageError(f"--on-error {on_error}: expected fail or skip")
-    if engine == "ray":
-        with _user_errors():
-            if resume or with_stats:
-                raise UsageError("--engine ray writes a fresh directory: --resume and --with-stats need --engine local")
-            if output is None or not is_directory_output(output):
-                raise UsageError("--engine ray needs -o DIRECTORY for its Parquet shards")
-            _encode_with_ray(
-                input, output, format, text_column, id_column, on_error, model, device, precision, max_length,
-                normalize, dtype, chunk_size, batch_size, max_tokens, shard_rows, ray_address, workers,
-                cpus_per_worker, gpus_per_worker, quiet,
-            )
-        return
-    from sbert_cli.pipeline import BatchPlan, encode_rows
-    from sbert_cli.readers import STDIN, InputSpec, detect_format, iter_rows
-    from sbert_cli.shards import ShardedSink, identify_input, prepare_directory, remove_stale_temporaries
-    from sbert_cli.writers import FileSink, RejectsWriter, check_dtype, default_output_path, describe_model, make_writer, output_spec
-
-    with _user_errors():
-        spec = InputSpec(input, detect_format(input, format), text_column, id_column)
-        if input != STDIN and not Path(input).exists():
-            raise UsageError(f"{input}: no such file; check the path")
-        if output is None:
-            if input == STDIN:
-                raise UsageError("reading stdin needs -o: a .parquet, .npy or .jsonl file, or - for JSON lines on stdout")
-            output = default_output_path(input)
-        sharded = is_directory_output(output)
-        if sharded:
-            check_dtype(dtype)
-            try:
-                Path(output).mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise OutputError(f"{output}: cannot create the output directory ({exc.strerror})") from None
-        else:
-            out_spec = output_spec(output, dtype)
-            if resume:
-                raise UsageError("--resume needs -o DIRECTORY: only sharded output keeps a manifest to resume from")
-            if on_error == "skip" and output == "-":
-                raise UsageError("--on-error skip needs an output file or directory to put the rejects beside; -o - has none")
-            if input != STDIN and output != "-" and Path(output).resolve() == Path(input).resolve():
-                raise UsageError(f"{output}: is the input file; pass another -o")
-        encoder = _load(model, device, precision, max_length, normalize, quiet)
-        info = encoder.info
-        metadata = describe_model(info, dtype)
-        stats_length = info.max_length if with_stats else None
-        plan = BatchPlan(chunk_size=chunk_size, batch_size=batch_size, max_tokens=max_tokens).for_device(info.device)
-        with _output_lock_for(output), _stop_on_signals(output if sharded else None) as check_stop:
-            if sharded:
-                options = {
-                    "model": info.name, "dim": info.dim, "pooling": info.pooling, "normalize": info.normalize,
-                    "max_length": info.max_length, "precision": info.precision, "format": spec.format,
-                    "text_column": text_column, "id_column": id_column, "dtype": dtype, "shard_rows": shard_rows,
-                    "on_error": on_error, "with_stats": with_stats,
-                }
-                manifest = prepare_directory(Path(output), identify_input(input), options, resume)
-                remove_stale_temporaries(Path(output))
-                sink = ShardedSink(Path(output), manifest, shard_rows, info.dim, metadata, dtype, stats_length)
-            else:
-                rejects = RejectsWriter(_rejects_path(output)) if output != "-" else None
-                sink = FileSink(make_writer(out_spec, info.dim, metadata, stats_length), rejects)
-            try:
-                with _progress(quiet) as on_rows:
-                    stats = encode_rows(iter_rows(spec), encoder, sink, plan, on_error == "skip", check_stop, on_rows)
-                if stats.rows + stats.rejected + stats.resumed_rows == 0:
-                    raise InputDataError(f"{spec.name}: no rows to encode")
-                sink.finish()
-            except BaseException:
-                sink.abort()
-                raise
-    if not quiet:
-        typer.echo(_summary(stats, info.dim, info.max_length, output, sharded), err=True)
-    if stats.rejected:
+        ray = RayOptions(ray_address, workers, cpus_per_worker, gpus_per_worker) if engine == "ray" else None
+        job = EncodeJob(
+            input=input_spec(input, format, text_column, id_column, several_files=ray is not None),
+            output=output_target(output, input, dtype),
+            model=ModelOptions(model, device, precision, max_length, normalize),
+            plan=BatchPlan(chunk_size=chunk_size, batch_size=batch_size, max_tokens=max_tokens),
+            skip_bad_rows=on_error == "skip",
+            shard_rows=shard_rows,
+            resume=resume,
+            with_stats=with_stats,
+            cache=cache,
+            ray=ray,
+        )
+        rejected = _encode_with_ray(job, quiet) if ray is not None else _encode_locally(job, quiet, verbose)
+    if rejected:
         raise typer.Exit(EXIT_WITH_REJECTS)
 
 
-def _encode_with_ray(
-    input: str, output: str, format: str | None, text_column: str, id_column: str | None, on_error: str, model: str,
-    device: str, precision: str, max_length: int | None, normalize: bool, dtype: str, chunk_size: int,
-    batch_size: int, max_tokens: int, shard_rows: int, ray_address: str | None, workers: int | None,
-    cpus_per_worker: float, gpus_per_worker: float, quiet: bool,
-) -> None:
-    from sbert_cli.encoder import available_cores
-    from sbert_cli.ray_engine import RayJob, expand_inputs, plan_resources, run_ray_job
-    from sbert_cli.readers import detect_format
-    from sbert_cli.writers import check_dtype
+def _encode_locally(job: EncodeJob, quiet: bool, verbose: bool) -> int:
+    from sbert_cli.pipeline import Hooks, run_encode
+    from sbert_cli.progress import progress_bar
+    from sbert_cli.readers import Extent
+    from sbert_cli.report import summary_line, timings_line
+    from sbert_cli.signals import stop_on_signals
 
-    check_dtype(dtype)
-    ray_address = ray_address or os.environ.get("RAY_ADDRESS") or None  # Ray's own variable joins a cluster too
-    inputs = expand_inputs(input)
-    for path in inputs:
-        detect_format(path, format)  # an unknown extension fails here, not on a worker
-    cores = available_cores()
-    job = RayJob(
-        inputs=tuple(inputs), output=output, format=format, text_column=text_column, id_column=id_column,
-        on_error=on_error, model=model, device=device, precision=precision, max_length=max_length,
-        normalize=normalize, dtype=dtype, chunk_size=chunk_size, batch_size=batch_size, max_tokens=max_tokens,
-        shard_rows=shard_rows, workers=plan_resources(ray_address, workers, cpus_per_worker, gpus_per_worker, cores),
-        cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
-    )
+    kept = job.output.path if job.output.kind == "directory" else None
+    with stop_on_signals(kept) as check_stop, progress_bar(quiet) as bar:
+        report = run_encode(job, Hooks(check_stop, bar), Extent())
+    stats = report.stats
+    if stats.nothing_to_do:
+        if not quiet:
+            typer.echo(f"sbert: {job.output.shown} is complete; nothing to do", err=True)
+        return 0
     if not quiet:
-        where = ray_address or f"a local Ray with {cores} CPUs"
-        typer.echo(f"sbert: encoding {len(inputs)} file(s) with {job.workers} worker(s) on {where}", err=True)
-    result = run_ray_job(job, ray_address, cores)
+        sharded = job.output.kind == "directory"
+        typer.echo(summary_line(stats, report.info, job.output.shown, report.rejects, sharded, job.cache is not None), err=True)
+        if verbose:
+            typer.echo(timings_line(stats), err=True)
+    return stats.rejected
+
+
+def _encode_with_ray(job: EncodeJob, quiet: bool) -> int:
+    from sbert_cli.ray_engine import plan_ray_job, run_ray_job
+
+    assert job.ray is not None
+    plan = plan_ray_job(job)
     if not quiet:
+        typer.echo(f"sbert: encoding {len(plan.inputs)} file(s) with {plan.workers} worker(s) on {plan.where(job.ray)}", err=True)
+    result = run_ray_job(job, plan)
+    if not quiet:
+        from pathlib import Path
+
+        from sbert_cli.manifest import DirectoryLayout
+
         parts = [f"sbert: {result.rows} rows"]
         if result.rejected:
-            parts.append(f"{result.rejected} rejected -> {output}/rejects/")
-        parts += [f"{result.shards} shards", f"{result.seconds:.1f} s", f"{result.rows / max(result.seconds, 1e-9):.1f} rows/s -> {output}"]
+            parts.append(f"{result.rejected} rejected -> {DirectoryLayout(Path(job.output.path)).rejects}/")
+        parts += [f"{result.shards} shards", f"{result.seconds:.1f} s", f"{result.rows / max(result.seconds, 1e-9):.1f} rows/s -> {job.output.shown}"]
         typer.echo(", ".join(parts), err=True)
-    if result.rejected:
-        raise typer.Exit(EXIT_WITH_REJECTS)
-
-
-def _rejects_path(output: str) -> str:
-    """out.parquet -> out.rejects.jsonl"""
-    return str(Path(output).with_suffix(".rejects.jsonl"))
-
-
-@contextmanager
-def _output_lock_for(output: str) -> Iterator[None]:
-    """Files and directories are locked against a second run; stdout needs no lock."""
-    from sbert_cli.writers import output_lock
-
-    if output == "-":
-        yield
-    else:
-        with output_lock(output):
-            yield
-
-
-@contextmanager
-def _stop_on_signals(shard_directory: str | None) -> Iterator[Callable[[], None]]:
-    """SIGINT/SIGTERM ask the run to stop after the current batch; a second one stops it at once."""
-    from sbert_cli.pipeline import Interrupted
-
-    received: list[int] = []
-
-    def request_stop(signum: int, frame: object) -> None:
-        received.append(signum)
-        if len(received) > 1:
-            raise Interrupted(_stopped_message(signum, shard_directory), 128 + signum)
-
-    def check_stop() -> None:
-        if received:
-            raise Interrupted(_stopped_message(received[0], shard_directory), 128 + received[0])
-
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield check_stop
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _stopped_message(signum: int, shard_directory: str | None) -> str:
-    name = signal.Signals(signum).name
-    if shard_directory is None:
-        return f"stopped by {name}; no output was written"
-    return f"stopped by {name}; finished shards are kept in {shard_directory}, rerun with --resume to finish"
-
-
-def _summary(stats, dim: int, max_length: int, output: str, sharded: bool) -> str:
-    where = "stdout" if output == "-" else output
-    parts = [f"sbert: {stats.rows} rows"]
-    if stats.rejected:
-        rejects = f"{output}/part-*.rejects.jsonl" if sharded else _rejects_path(output)
-        parts.append(f"{stats.rejected} rejected -> {rejects}")
-    if sharded:
-        parts.append(f"{stats.shards_written} shards encoded, {stats.shards_resumed} already done ({stats.resumed_rows} rows)")
-    parts += [
-        f"dim {dim}",
-        f"{stats.seconds:.1f} s",
-        f"{stats.rows_per_second:.1f} rows/s",
-        f"{stats.truncated} truncated to {max_length} tokens -> {where}",
-    ]
-    return ", ".join(parts)
-
-
-@contextmanager
-def _progress(quiet: bool) -> Iterator[object]:
-    """A rows and rows/s bar on stderr, only when a person is watching it."""
-    if quiet or not sys.stderr.isatty():
-        yield None
-        return
-    from tqdm import tqdm
-
-    with tqdm(unit=" rows", file=sys.stderr, dynamic_ncols=True, smoothing=0.1) as bar:
-        yield bar.update
+    return result.rejected
 
 
 @app.command()
@@ -303,27 +193,23 @@ def sim(
     sentences: Annotated[list[str], typer.Argument(help="A sentence, then one or more to compare it with.", show_default=False)],
     model: ModelOption = DEFAULT_MODEL,
     device: DeviceOption = "auto",
-    precision: PrecisionOption = "fp32",
+    precision: PrecisionOption = "auto",
     max_length: MaxLengthOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+    cache: CacheOption = None,
+    as_json: Annotated[bool, typer.Option("--json", rich_help_panel=OUTPUT, help="One JSON object on stdout.")] = False,
 ) -> None:
     """Print the cosine similarity of the first sentence with each of the others, one per line."""
-    from sbert_cli.pipeline import embed_texts
+    from sbert_cli.pipeline import embed_texts, model_source
     from sbert_cli.similarity import cosine_rows
 
     with _user_errors():
         if len(sentences) < 2:
-            raise UsageError("sim needs at least two sentences: sbert sim \"句子A\" \"句子B\"")
-        encoder = _load(model, device, precision, max_length, False, quiet=True)
-        vectors = embed_texts(sentences, encoder)
+            raise UsageError('sim needs at least two sentences: sbert sim "句子A" "句子B"')
+        vectors = embed_texts(sentences, model_source(ModelOptions(model, device, precision, max_length), cache))
         scores = cosine_rows(vectors[1:], vectors[:1].repeat(len(sentences) - 1, axis=0))
         if as_json:
-            result = {
-                "model": model,
-                "sentence": sentences[0],
-                "similarities": [{"sentence": text, "cosine": float(score)} for text, score in zip(sentences[1:], scores)],
-            }
-            typer.echo(json.dumps(result, ensure_ascii=False))
+            similarities = [{"sentence": text, "cosine": float(score)} for text, score in zip(sentences[1:], scores)]
+            typer.echo(json.dumps({"model": model, "sentence": sentences[0], "similarities": similarities}, ensure_ascii=False))
         else:
             for score in scores:
                 typer.echo(f"{score:.4f}")
@@ -332,55 +218,87 @@ def sim(
 @app.command()
 def evaluate(
     files: Annotated[list[str], typer.Argument(help="Pair files: headerless 'sentence1, sentence2, label' TSV/CSV, or named columns.", show_default=False)],
-    columns: Annotated[Optional[str], typer.Option(help="Names of the two sentence columns and the label, e.g. sentence1,sentence2,label.")] = None,
+    columns: Annotated[Optional[str], typer.Option(rich_help_panel=INPUT, help="Names of the two sentence columns and the label, e.g. sentence1,sentence2,label.")] = None,
     model: ModelOption = DEFAULT_MODEL,
     device: DeviceOption = "auto",
-    precision: PrecisionOption = "fp32",
+    precision: PrecisionOption = "auto",
     max_length: MaxLengthOption = None,
     batch_size: BatchSizeOption = 32,
     max_tokens: MaxTokensOption = 16_384,
-    as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout instead of a table.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No messages on stderr.")] = False,
+    cache: CacheOption = None,
+    as_json: Annotated[bool, typer.Option("--json", rich_help_panel=OUTPUT, help="JSON on stdout instead of a table.")] = False,
+    plot: Annotated[Optional[str], typer.Option(rich_help_panel=OUTPUT, help="Write a PNG: cosine against label, one panel per file (needs the plot extra).")] = None,
+    worst: Annotated[int, typer.Option(min=0, rich_help_panel=OUTPUT, help="Also list the N pairs per file whose cosine rank is furthest from their label's.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel=OUTPUT, help="No messages on stderr.")] = False,
 ) -> None:
     """Spearman and Pearson (x100) of cosine similarity against gold labels, one column per file."""
+    from sbert_cli.batching import BatchPlan
     from sbert_cli.evaluate import name_pair_sets, parse_columns, read_pairs, score_pair_sets
-    from sbert_cli.pipeline import BatchPlan
+    from sbert_cli.pipeline import model_source
 
     with _user_errors():
         names = parse_columns(columns)
         sets = name_pair_sets([read_pairs(path, names) for path in files])
-        encoder = _load(model, device, precision, max_length, False, quiet)
-        plan = BatchPlan(batch_size=batch_size, max_tokens=max_tokens).for_device(encoder.info.device)
-        scores = score_pair_sets(sets, encoder, plan)
-        if as_json:
-            typer.echo(
-                json.dumps(
-                    {
-                        "model": model,
-                        "results": [
-                            {"name": s.name, "file": s.path, "pairs": s.pairs, "spearman": s.spearman, "pearson": s.pearson}
-                            for s in scores
-                        ],
-                    },
-                    ensure_ascii=False,
-                )
-            )
-            return
-        typer.echo(format_table(["", *(s.name for s in scores)], [
-            ["spearman", *(f"{s.spearman:.2f}" for s in scores)],
-            ["pearson", *(f"{s.pearson:.2f}" for s in scores)],
-            ["pairs", *(str(s.pairs) for s in scores)],
-        ]))
+        source = model_source(ModelOptions(model, device, precision, max_length), cache)
+        plan = BatchPlan(batch_size=batch_size, max_tokens=max_tokens).for_device(source.info.device)
+        scores = score_pair_sets(sets, source, plan)
+        if plot is not None:
+            from sbert_cli.plot import plot_scores
+
+            note = plot_scores(scores, plot)
+            if note and not quiet:
+                typer.echo(f"sbert: {note}", err=True)
+        _print_scores(model, sets, scores, worst, as_json)
 
 
-def format_table(header: list[str], rows: list[list[str]]) -> str:
-    """A Markdown table, readable in a terminal and pasteable into a model card."""
-    widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
-    lines = ["| " + " | ".join(cell.ljust(width) for cell, width in zip(header, widths)) + " |"]
-    lines.append("|" + "|".join("-" * (width + 2) for width in widths) + "|")
-    for row in rows:
-        lines.append("| " + " | ".join(cell.rjust(width) if i else cell.ljust(width) for i, (cell, width) in enumerate(zip(row, widths))) + " |")
-    return "\n".join(lines)
+def _print_scores(model: str, sets: list[PairSet], scores: list[PairScore], worst: int, as_json: bool) -> None:
+    from sbert_cli.evaluate import score_json, worst_pairs
+    from sbert_cli.report import scores_table, worst_table
+
+    worst_lists = [worst_pairs(pair_set, score, worst) for pair_set, score in zip(sets, scores)] if worst else None
+    if as_json:
+        results = [score_json(score, worst_lists[i] if worst_lists else None) for i, score in enumerate(scores)]
+        typer.echo(json.dumps({"model": model, "results": results}, ensure_ascii=False))
+        return
+    terminal = sys.stdout.isatty()
+    typer.echo(scores_table(scores, terminal))
+    for score, pairs in zip(scores, worst_lists or []):
+        typer.echo("\n" + worst_table(score.name, pairs, terminal))
+
+
+@cache_app.command("info")
+def cache_info(path: Annotated[str, typer.Argument(help="The cache file.", show_default=False)]) -> None:
+    """The models in a cache, with their options, vector counts and size."""
+    from sbert_cli.report import cache_table
+
+    with _user_errors():
+        cache = _existing_cache(path)
+        typer.echo(cache_table(path, cache.size_bytes(), cache.summary(), sys.stdout.isatty()))
+
+
+@cache_app.command("prune")
+def cache_prune(
+    path: Annotated[str, typer.Argument(help="The cache file.", show_default=False)],
+    keep_model: Annotated[Optional[list[str]], typer.Option(help="Keep this model's vectors (repeatable); the others' go.")] = None,
+    unused_days: Annotated[Optional[float], typer.Option(min=0, help="Remove vectors of models and options not used for this many days.")] = None,
+) -> None:
+    """Remove the vectors no longer wanted, so the file does not grow forever."""
+    with _user_errors():
+        if not keep_model and unused_days is None:
+            raise UsageError("cache prune needs --keep-model NAME or --unused-days N; see 'sbert cache info' for the models")
+        cache = _existing_cache(path)
+        removed = cache.prune(keep_model or [], unused_days)
+        typer.echo(f"sbert: removed {removed} vectors; {path} is {cache.size_bytes() / 2**20:.1f} MiB", err=True)
+
+
+def _existing_cache(path: str) -> VectorCache:
+    from pathlib import Path
+
+    from sbert_cli.cache import VectorCache
+
+    if not Path(path).is_file():
+        raise UsageError(f"{path}: no such cache file; check the path")
+    return VectorCache(path)
 
 
 def _version(value: bool) -> None:

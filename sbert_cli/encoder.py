@@ -1,9 +1,10 @@
-"""The model: find and load it, tokenize, run the forward pass and pool (the only torch/transformers importer)."""
+"""The model: found and described without torch, then loaded once needed to tokenize, run the forward pass and pool."""
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,25 +12,18 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from sbert_cli.errors import ModelError, UsageError
+from sbert_cli.errors import ModelError, UsageError, first_line
+from sbert_cli.job import DEFAULT_MODEL, ModelOptions
 
-DEFAULT_MODEL = "DMetaSoul/sbert-chinese-general-v1"
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 # Files a sentence-transformers or transformers checkpoint needs; skips ONNX/OpenVINO/TF copies.
-_HUB_PATTERNS = [
-    "*.json",
-    "*.txt",
-    "*.model",
-    "model.safetensors",
-    "pytorch_model.bin",
-]
+MODEL_FILE_PATTERNS = ("*.json", "*.txt", "*.model", "*.safetensors", "pytorch_model*.bin")
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the vectors are: recorded in the output's metadata."""
+    """What the vectors are: recorded in the output's metadata, the manifest and the cache's keys."""
 
     name: str
     dim: int
@@ -69,6 +63,47 @@ class Encoder(Protocol):
     def embed(self, ids: list[list[int]]) -> np.ndarray: ...
 
 
+@dataclass(frozen=True)
+class ModelHandle:
+    """A model found and described without torch: a run that needs no forward pass never loads it."""
+
+    directory: Path
+    layout: ModelLayout
+    info: ModelInfo
+
+    def load(self) -> Encoder:
+        return TransformerEncoder(self)
+
+
+def open_model(options: ModelOptions) -> ModelHandle:
+    """Find the model and decide its device, precision and length; every failure is a one-line SbertError."""
+    directory = resolve_model_dir(options.model)
+    layout = read_layout(directory)
+    device = pick_device(options.device)
+    config_file = layout.transformer_dir / "config.json"
+    config = _read_json(config_file) if config_file.exists() else {}
+    dim = config.get("hidden_size") or config.get("dim") or config.get("d_model")
+    if not isinstance(dim, int):
+        raise ModelError(f"{config_file}: no hidden_size; sbert encodes with BERT-like transformers models")
+    info = ModelInfo(
+        name=options.model,
+        dim=dim,
+        pooling=layout.pooling,
+        normalize=options.normalize or layout.normalize,
+        max_length=_pick_max_length(layout, config, options.max_length),
+        precision=pick_precision(options.precision, device),
+        device=device,
+    )
+    return ModelHandle(directory, layout, info)
+
+
+def load_encoder(
+    model: str = DEFAULT_MODEL, device: str = "auto", precision: str = "auto", max_length: int | None = None, normalize: bool = False
+) -> Encoder:
+    """Find, load and configure a model in one call (the Python API; the CLI loads only when it must)."""
+    return open_model(ModelOptions(model, device, precision, max_length, normalize)).load()
+
+
 def resolve_model_dir(model: str) -> Path:
     """A local directory for `model`: the directory itself, or the hub id's cached (or downloaded) snapshot."""
     path = Path(model).expanduser()
@@ -81,12 +116,11 @@ def resolve_model_dir(model: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(model, allow_patterns=_HUB_PATTERNS))
+        return Path(snapshot_download(model, allow_patterns=list(MODEL_FILE_PATTERNS)))
     except Exception as exc:  # the hub client raises many types for "not cached and not reachable"
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(
             f"cannot load model '{model}': not in the local Hugging Face cache and the hub cannot be reached "
-            f"({type(exc).__name__}: {reason[:120]}); download it where there is network "
+            f"({type(exc).__name__}: {first_line(exc, 120)}); download it where there is network "
             f"(hf download {model} --local-dir DIR) and pass --model DIR, or set SBERT_MODEL=DIR"
         ) from None
 
@@ -98,11 +132,10 @@ def read_layout(model_dir: Path) -> ModelLayout:
         if not (model_dir / "config.json").exists():
             raise ModelError(f"{model_dir}: no config.json or modules.json; this is not a model directory")
         return ModelLayout(model_dir, "mean", False, None, False)
-    modules = _read_json(modules_file)
     transformer_dir: Path | None = None
     pooling = "mean"
     normalize = False
-    for module in modules:
+    for module in _read_json(modules_file):
         kind = str(module.get("type", "")).rsplit(".", 1)[-1]
         module_dir = model_dir / module.get("path", "")
         if kind == "Transformer":
@@ -155,34 +188,55 @@ def _read_pooling_mode(config_file: Path) -> str:
     return modes[0]
 
 
-def pick_device(device: str) -> str:
-    """'auto' becomes cuda when torch sees a GPU, else cpu; an unavailable cuda device is a usage error."""
-    import torch
+def _pick_max_length(layout: ModelLayout, config: dict[str, Any], override: int | None) -> int:
+    """sentence-transformers' rule: max_seq_length if configured, else the tokenizer's limit capped by the
+    position embeddings; an override may lower it but never exceed the position embeddings."""
+    positions = int(config.get("max_position_embeddings") or 512)
+    if override is not None:
+        if override < 2 or override > positions:
+            raise UsageError(f"--max-length {override}: this model takes 2 to {positions} tokens")
+        return override
+    if layout.max_seq_length:
+        return int(layout.max_seq_length)
+    tokenizer_file = layout.transformer_dir / "tokenizer_config.json"
+    tokenizer_config = _read_json(tokenizer_file) if tokenizer_file.exists() else {}
+    return int(min(tokenizer_config.get("model_max_length") or positions, positions))
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+
+def pick_device(device: str) -> str:
+    """'auto' becomes cuda when torch sees a GPU, else cpu; torch is imported only where a GPU may be present."""
     if device == "cpu":
         return device
-    if device == "cuda" or device.startswith("cuda:"):
-        index = device.partition(":")[2]
-        if index and not index.isdigit():
-            raise UsageError(f"--device {device}: expected cuda or cuda:N")
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {device}: torch sees no CUDA device; pass --device cpu")
-        if int(index or 0) >= torch.cuda.device_count():
-            raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s); pass cuda:0")
-        return device
-    raise UsageError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
+    if device == "auto":
+        if not _gpu_driver_present():
+            return "cpu"
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    index = device.partition(":")[2]
+    if not (device == "cuda" or device.startswith("cuda:")) or (index and not index.isdigit()):
+        raise UsageError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: torch sees no CUDA device; pass --device cpu")
+    if int(index or 0) >= torch.cuda.device_count():
+        raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s); pass cuda:0")
+    return device
+
+
+def _gpu_driver_present() -> bool:
+    """False only where no GPU can be: Linux with neither NVIDIA's nor AMD's kernel driver loaded."""
+    if not os.path.isdir("/proc"):
+        return True  # not Linux: only torch can tell
+    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/kfd")
 
 
 def pick_precision(precision: str, device: str) -> str:
     """The forward pass's precision; 'auto' is fp16 on CUDA, bf16 on a CPU that multiplies bf16 natively, else fp32.
 
-    Measured (README, 'Precision'): on an AVX2-only CPU, bf16 is emulated and runs at 1/10 of fp32;
-    on AVX512-BF16 (Zen 4) bf16 autocast ran 1.78x fp32 with cosine >= 0.99998 to fp32.
+    Where bf16 is emulated (AVX2-only CPUs) it runs several times slower than fp32, so auto keeps fp32 there.
     """
-    if precision not in PRECISIONS:
-        raise UsageError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
     if precision != "auto":
         return precision
     if device.startswith("cuda"):
@@ -211,70 +265,60 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _load_pretrained(source: Path) -> tuple[Any, Any]:
+    """Tokenizer and model from a directory, weights only; a failure is one line naming the directory."""
+    import transformers
+    from transformers import AutoModel, AutoTokenizer
+
+    # Load notes (an unused pooler) and weight-loading bars are not the user's business.
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        return (
+            AutoTokenizer.from_pretrained(str(source), trust_remote_code=False),
+            AutoModel.from_pretrained(str(source), trust_remote_code=False),
+        )
+    except pickle.UnpicklingError:
+        # torch refused a pickle that calls code; its message ends by suggesting to allow that. Never.
+        raise ModelError(
+            f"{source}: pytorch_model.bin holds pickled code objects besides tensors, and sbert loads weights only; "
+            "get model.safetensors from a source you trust"
+        ) from None
+    except Exception as exc:  # transformers raises OSError, ValueError, KeyError... for a bad directory
+        raise ModelError(f"cannot load model from {source}: {first_line(exc)}") from None
+
+
 class TransformerEncoder:
     """A transformers model plus pooling, fed with pre-tokenized, length-sorted batches."""
 
-    def __init__(
-        self,
-        name: str,
-        layout: ModelLayout,
-        device: str,
-        precision: str,
-        max_length: int | None,
-        normalize: bool,
-    ) -> None:
+    def __init__(self, handle: ModelHandle) -> None:
         import torch
-        import transformers
-        from transformers import AutoModel, AutoTokenizer
 
-        # Load notes (an unused pooler) and weight-loading bars are not the user's business.
-        transformers.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
         self._torch = torch
-        self.device = torch.device(device)
+        self.info = handle.info
+        self.device = torch.device(handle.info.device)
         if self.device.type == "cpu":
             torch.set_num_threads(available_cores())
-        source = layout.transformer_dir
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
-            model = AutoModel.from_pretrained(str(source), trust_remote_code=False)
-        except Exception as exc:  # transformers raises OSError, ValueError, KeyError... for a bad directory
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"cannot load model from {source}: {text[:200]}") from None
-        model.eval()
-        if self.device.type == "cuda" and precision in ("fp16", "bf16"):
-            # On CUDA the weights themselves go to half precision: autocast would re-cast them every batch.
-            model = model.to(torch.float16 if precision == "fp16" else torch.bfloat16)
-        self.model = model.to(self.device)
-        self.precision = precision
-        self.pooling = layout.pooling
-        self.normalize = normalize or layout.normalize
-        self.lower_case = layout.do_lower_case
+        self.tokenizer, model = _load_pretrained(handle.layout.transformer_dir)
+        self.config = model.config
+        self.lower_case = handle.layout.do_lower_case
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.max_length = self._pick_max_length(layout, max_length)
         self._prefix, self._suffix = self._special_token_split()
-        self.info = ModelInfo(
-            name=name,
-            dim=int(model.config.hidden_size),
-            pooling=self.pooling,
-            normalize=self.normalize,
-            max_length=self.max_length,
-            precision=precision,
-            device=str(self.device),
-        )
+        self.model, self._fused = self._place(model.eval())
 
-    def _pick_max_length(self, layout: ModelLayout, override: int | None) -> int:
-        # sentence-transformers' rule: max_seq_length if configured, else the tokenizer's limit capped by
-        # the position embeddings; an override may lower it but never exceed the position embeddings.
-        positions = getattr(self.model.config, "max_position_embeddings", None) or 512
-        if override is not None:
-            if override < 2 or override > positions:
-                raise UsageError(f"--max-length {override}: this model takes 2 to {positions} tokens")
-            return override
-        if layout.max_seq_length:
-            return int(layout.max_seq_length)
-        tokenizer_limit = self.tokenizer.model_max_length or positions
-        return int(min(tokenizer_limit, positions))
+    def _place(self, model: Any) -> tuple[Any, Any]:
+        """The model on its device in its precision: weights cast once, never per batch."""
+        torch = self._torch
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.info.precision]
+        if self.device.type == "cuda":
+            return model.to(dtype).to(self.device), None
+        from sbert_cli.kernels import FusedBert, fused_bert_supported
+
+        if fused_bert_supported(model, dtype):
+            with torch.inference_mode():
+                return None, FusedBert(model, dtype)  # the packed copy replaces the model's own weights
+        # fp16 has few CPU kernels: autocast keeps the weights and runs what it can in fp16.
+        return (model if dtype == torch.float16 else model.to(dtype)), None
 
     def _special_token_split(self) -> tuple[int, int] | tuple[None, None]:
         """How many special tokens the tokenizer puts before and after a single text ([CLS] x [SEP]: 1, 1)."""
@@ -289,11 +333,9 @@ class TransformerEncoder:
     def tokenize(self, texts: list[str]) -> Tokenized:
         if self.lower_case:
             texts = [text.lower() for text in texts]
-        encoded = self.tokenizer(texts, truncation=False, return_attention_mask=False, return_token_type_ids=False)[
-            "input_ids"
-        ]
+        encoded = self.tokenizer(texts, truncation=False, return_attention_mask=False, return_token_type_ids=False)["input_ids"]
         counts = [len(ids) for ids in encoded]
-        limit = self.max_length
+        limit = self.info.max_length
         if self._prefix is None:
             # Unusual special-token layout: let the tokenizer truncate itself.
             truncated = self.tokenizer(texts, truncation=True, max_length=limit, return_attention_mask=False)
@@ -316,38 +358,44 @@ class TransformerEncoder:
             return self._embed_once(ids)
         except torch.cuda.OutOfMemoryError:
             if len(ids) == 1:
-                raise ModelError(
-                    f"CUDA out of memory on a single text of {len(ids[0])} tokens; pass --max-length lower"
-                ) from None
+                raise ModelError(f"CUDA out of memory on a single text of {len(ids[0])} tokens; pass --max-length lower") from None
             torch.cuda.empty_cache()
             half = len(ids) // 2
             return np.concatenate([self.embed(ids[:half]), self.embed(ids[half:])])
 
     def _embed_once(self, ids: list[list[int]]) -> np.ndarray:
         torch = self._torch
-        longest = max(len(row) for row in ids)
-        input_ids = np.full((len(ids), longest), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(ids), longest), dtype=np.int64)
-        for i, row in enumerate(ids):
-            input_ids[i, : len(row)] = row
-            mask[i, : len(row)] = 1
-        input_tensor = torch.from_numpy(input_ids)
-        mask_tensor = torch.from_numpy(mask)
+        input_ids, mask = pad_batch(ids, self.pad_id)
+        input_tensor, mask_tensor = torch.from_numpy(input_ids), torch.from_numpy(mask)
         if self.device.type == "cuda":
             input_tensor = input_tensor.pin_memory().to(self.device, non_blocking=True)
             mask_tensor = mask_tensor.pin_memory().to(self.device, non_blocking=True)
-        with torch.inference_mode(), self._autocast():
-            hidden = self.model(input_ids=input_tensor, attention_mask=mask_tensor).last_hidden_state
-            pooled = pool(hidden.float(), mask_tensor, self.pooling)
-            if self.normalize:
+        with torch.inference_mode():
+            if self._fused is not None:
+                hidden = self._fused(input_tensor, mask_tensor)
+            else:
+                with self._autocast():
+                    hidden = self.model(input_ids=input_tensor, attention_mask=mask_tensor).last_hidden_state
+            pooled = pool(hidden.float(), mask_tensor, self.info.pooling)
+            if self.info.normalize:
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
         return pooled.cpu().numpy()
 
     def _autocast(self) -> AbstractContextManager[Any]:
-        if self.device.type == "cpu" and self.precision in ("bf16", "fp16"):
-            dtype = self._torch.bfloat16 if self.precision == "bf16" else self._torch.float16
-            return self._torch.autocast("cpu", dtype=dtype)
+        if self.device.type == "cpu" and self.info.precision == "fp16":
+            return self._torch.autocast("cpu", dtype=self._torch.float16)
         return nullcontext()
+
+
+def pad_batch(ids: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids padded to the batch's longest row, and the 0/1 attention mask."""
+    longest = max(len(row) for row in ids)
+    input_ids = np.full((len(ids), longest), pad_id, dtype=np.int64)
+    mask = np.zeros((len(ids), longest), dtype=np.int64)
+    for i, row in enumerate(ids):
+        input_ids[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+    return input_ids, mask
 
 
 def pool(hidden: Any, mask: Any, mode: str) -> Any:
@@ -364,24 +412,3 @@ def pool(hidden: Any, mask: Any, mode: str) -> Any:
     if mode == "mean_sqrt_len":
         return summed / counts.sqrt()
     return summed / counts
-
-
-def load_encoder(
-    model: str = DEFAULT_MODEL,
-    device: str = "auto",
-    precision: str = "fp32",
-    max_length: int | None = None,
-    normalize: bool = False,
-) -> TransformerEncoder:
-    """Find, load and configure a model; every failure is a one-line SbertError."""
-    model_dir = resolve_model_dir(model)
-    layout = read_layout(model_dir)
-    resolved_device = pick_device(device)
-    return TransformerEncoder(
-        name=model,
-        layout=layout,
-        device=resolved_device,
-        precision=pick_precision(precision, resolved_device),
-        max_length=max_length,
-        normalize=normalize,
-    )

@@ -1,6 +1,8 @@
-"""The one error family every stage raises and the CLI maps to an exit code."""
+"""The one error family every stage raises, its exit codes, and how a foreign exception becomes one line."""
 
 from __future__ import annotations
+
+EXIT_WITH_REJECTS = 3  # the run completed, but some rows went to the rejects file instead of the output
 
 
 class SbertError(Exception):
@@ -25,3 +27,21 @@ class ModelError(SbertError):
 
 class OutputError(SbertError):
     """The output cannot be written."""
+
+
+class CacheError(SbertError):
+    """The vector cache file is not an sbert cache, or is damaged."""
+
+
+class Interrupted(SbertError):
+    """A stop was requested (SIGINT, SIGTERM): the run ended after a whole batch; nothing partial was kept."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """A foreign exception's message cut to its first line (libraries raise pages of text), or its type's name."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__

@@ -1,22 +1,24 @@
-"""Pair files -> Spearman and Pearson (x100) of cosine similarity against gold labels, each sentence encoded once."""
+"""Pair files -> Spearman and Pearson (x100) of cosine similarity against gold labels, and the pairs ranked worst."""
 
 from __future__ import annotations
 
-import csv
-import json
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sbert_cli.encoder import Encoder
+from sbert_cli.batching import BatchPlan
 from sbert_cli.errors import InputDataError, UsageError
-from sbert_cli.pipeline import BatchPlan, embed_texts
-from sbert_cli.similarity import cosine_rows, pearson, spearman
+from sbert_cli.readers import EXTENSIONS, MISSING, BadRow, TableSpec, iter_fields
+from sbert_cli.similarity import average_ranks, cosine_rows, pearson, spearman
+
+if TYPE_CHECKING:
+    from sbert_cli.encoder import Encoder
+    from sbert_cli.pipeline import ModelSource
 
 DEFAULT_COLUMNS = ("sentence1", "sentence2", "label")
+_COLUMNS_FIX = "--columns SENT1,SENT2,LABEL"
 
 
 @dataclass(frozen=True)
@@ -31,14 +33,27 @@ class PairSet:
 
 
 @dataclass(frozen=True)
+class WorstPair:
+    """A pair whose cosine rank is far from its label's rank: where the model disagrees with the gold."""
+
+    first: str
+    second: str
+    label: float
+    cosine: float
+    rank_gap: float  # |rank of cosine - rank of label| over the set's pairs
+
+
+@dataclass(frozen=True)
 class PairScore:
-    """How well cosine similarity ranks one file's pairs (both correlations x100)."""
+    """How well cosine similarity ranks one file's pairs (both correlations x100), with what the plot needs."""
 
     name: str
     path: str
     pairs: int
     spearman: float
     pearson: float
+    cosines: np.ndarray
+    labels: np.ndarray
 
 
 def parse_columns(value: str | None) -> tuple[str, str, str] | None:
@@ -51,119 +66,42 @@ def parse_columns(value: str | None) -> tuple[str, str, str] | None:
     return names  # type: ignore[return-value]
 
 
+def pair_table(path: str, columns: tuple[str, str, str] | None) -> TableSpec:
+    """How a pair file is read: by its extension (TSV when it has none of ours, as the published sets);
+    headerless `s1, s2, label` unless its first line names the columns. TSV quotes are text, as in those sets."""
+    fmt = EXTENSIONS.get(Path(path).suffix.lower(), "tsv")
+    return TableSpec(
+        path, fmt, columns or DEFAULT_COLUMNS, (_COLUMNS_FIX,) * 3, string_columns=(columns or DEFAULT_COLUMNS)[:2],
+        header="required" if columns or fmt not in ("csv", "tsv") else "sniff", quoting=fmt != "tsv", format_option=False,
+    )
+
+
 def read_pairs(path: str, columns: tuple[str, str, str] | None = None) -> PairSet:
-    """Read a pair file: headerless `s1, s2, label` TSV/CSV, or named columns of CSV/TSV/JSONL/Parquet."""
-    source = Path(path)
-    if not source.is_file():
+    """Read a pair file through the readers every input uses; the first bad row fails with its place."""
+    if not Path(path).is_file():
         raise UsageError(f"{path}: no such file; check the path")
-    suffix = source.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        rows = _parquet_rows(path, columns or DEFAULT_COLUMNS)
-    elif suffix in (".jsonl", ".ndjson"):
-        rows = _jsonl_rows(path, columns or DEFAULT_COLUMNS)
-    else:
-        rows = _delimited_rows(path, "," if suffix == ".csv" else "\t", columns)
+    table = pair_table(path, columns)
     first: list[str] = []
     second: list[str] = []
     labels: list[float] = []
-    for where, a, b, label in rows:
-        for value in (a, b):
+    for item in iter_fields(table):
+        if isinstance(item, BadRow):
+            raise InputDataError(item.message())
+        a, b, label = item.values
+        for column, value in zip(table.columns, (a, b)):
             if not isinstance(value, str):
-                raise InputDataError(f"{where}: sentence is {'null' if value is None else type(value).__name__}, not a string")
+                found = "missing" if value is MISSING else "null" if value is None else type(value).__name__
+                raise InputDataError(f"{item.where}: sentence '{column}' is {found}, not a string")
         try:
             labels.append(float(label))
         except (TypeError, ValueError):
-            raise InputDataError(f"{where}: label {label!r} is not a number; the label is the last column") from None
+            which = "the label is the last column" if columns is None else f"the label column is '{columns[2]}'"
+            raise InputDataError(f"{item.where}: label {label!r} is not a number; {which}") from None
         first.append(a)
         second.append(b)
     if not labels:
         raise InputDataError(f"{path}: no sentence pairs found")
-    return PairSet(source.stem, path, first, second, np.asarray(labels))
-
-
-def _delimited_rows(
-    path: str, delimiter: str, columns: tuple[str, str, str] | None
-) -> Iterator[tuple[str, Any, Any, Any]]:
-    with open(path, encoding="utf-8-sig", newline="") as stream:
-        if delimiter == "\t":
-            # The evaluation sets are raw tab-separated text: quotes are part of the sentences.
-            lines: Iterator[list[str]] = (line.rstrip("\r\n").split("\t") for line in stream)
-        else:
-            lines = csv.reader(stream)
-        indices: tuple[int, int, int] | None = None
-        expected = 3
-        try:
-            for lineno, fields in enumerate(lines, 1):
-                if not fields or fields == [""]:
-                    continue
-                if indices is None:
-                    header = [field.strip() for field in fields]
-                    if columns is not None or _looks_like_header(header):
-                        indices = _header_indices(path, header, columns or DEFAULT_COLUMNS)
-                        expected = len(header)
-                        continue
-                    indices = (0, 1, 2)
-                if len(fields) != expected:
-                    raise InputDataError(
-                        f"{path}:{lineno}: expected {expected} fields (sentence1, sentence2, label), found {len(fields)}"
-                    )
-                yield f"{path}:{lineno}", fields[indices[0]], fields[indices[1]], fields[indices[2]]
-        except UnicodeDecodeError:
-            raise InputDataError(f"{path}: not valid UTF-8; convert the file, e.g. iconv -f GBK -t UTF-8") from None
-
-
-def _looks_like_header(fields: list[str]) -> bool:
-    try:
-        float(fields[-1])
-        return False
-    except ValueError:
-        return all(name in fields for name in DEFAULT_COLUMNS)
-
-
-def _header_indices(path: str, header: list[str], columns: Sequence[str]) -> tuple[int, int, int]:
-    missing = [name for name in columns if name not in header]
-    if missing:
-        raise UsageError(
-            f"{path}: no column '{missing[0]}' (found: {', '.join(header)}); pass --columns SENT1,SENT2,LABEL"
-        )
-    return header.index(columns[0]), header.index(columns[1]), header.index(columns[2])
-
-
-def _jsonl_rows(path: str, columns: Sequence[str]) -> Iterator[tuple[str, Any, Any, Any]]:
-    with open(path, "rb") as stream:
-        for lineno, raw in enumerate(stream, 1):
-            if not raw.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(raw.decode("utf-8-sig" if lineno == 1 else "utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise InputDataError(f"{where}: invalid JSON ({getattr(exc, 'msg', exc)})") from None
-            if not isinstance(obj, dict):
-                raise InputDataError(f"{where}: expected a JSON object")
-            missing = [name for name in columns if name not in obj]
-            if missing:
-                raise UsageError(f"{where}: no field '{missing[0]}' (found: {', '.join(obj)}); pass --columns SENT1,SENT2,LABEL")
-            yield where, obj[columns[0]], obj[columns[1]], obj[columns[2]]
-
-
-def _parquet_rows(path: str, columns: Sequence[str]) -> Iterator[tuple[str, Any, Any, Any]]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        parquet = pq.ParquetFile(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise InputDataError(f"{path}: not a readable Parquet file ({exc})") from None
-    names = parquet.schema_arrow.names
-    missing = [name for name in columns if name not in names]
-    if missing:
-        raise UsageError(f"{path}: no column '{missing[0]}' (found: {', '.join(names)}); pass --columns SENT1,SENT2,LABEL")
-    row = 0
-    for batch in parquet.iter_batches(columns=list(columns)):
-        for a, b, label in zip(*(batch.column(name).to_pylist() for name in columns)):
-            yield f"{path}: row {row}", a, b, label
-            row += 1
+    return PairSet(Path(path).stem, path, first, second, np.asarray(labels))
 
 
 def name_pair_sets(sets: list[PairSet]) -> list[PairSet]:
@@ -178,13 +116,15 @@ def name_pair_sets(sets: list[PairSet]) -> list[PairSet]:
     return named
 
 
-def score_pair_sets(sets: list[PairSet], encoder: Encoder, plan: BatchPlan = BatchPlan()) -> list[PairScore]:
+def score_pair_sets(sets: list[PairSet], model: Encoder | ModelSource, plan: BatchPlan = BatchPlan()) -> list[PairScore]:
     """Encode every distinct sentence of all files once, then correlate cosine similarity with the labels."""
+    from sbert_cli.pipeline import embed_texts
+
     index: dict[str, int] = {}
     for pair_set in sets:
         for text in pair_set.first + pair_set.second:
             index.setdefault(text, len(index))
-    vectors = embed_texts(list(index), encoder, plan)
+    vectors = embed_texts(list(index), model, plan)
     scores = []
     for pair_set in sets:
         left = vectors[[index[text] for text in pair_set.first]]
@@ -197,6 +137,25 @@ def score_pair_sets(sets: list[PairSet], encoder: Encoder, plan: BatchPlan = Bat
                 pairs=len(pair_set.labels),
                 spearman=100.0 * spearman(cosines, pair_set.labels),
                 pearson=100.0 * pearson(cosines, pair_set.labels),
+                cosines=cosines,
+                labels=pair_set.labels,
             )
         )
     return scores
+
+
+def worst_pairs(pair_set: PairSet, score: PairScore, count: int) -> list[WorstPair]:
+    """The `count` pairs whose cosine rank is furthest from their label's rank, worst first."""
+    gaps = np.abs(average_ranks(score.cosines) - average_ranks(pair_set.labels))
+    order = np.argsort(-gaps, kind="stable")[:count]
+    return [
+        WorstPair(pair_set.first[i], pair_set.second[i], float(pair_set.labels[i]), float(score.cosines[i]), float(gaps[i]))
+        for i in order
+    ]
+
+
+def score_json(score: PairScore, worst: list[WorstPair] | None) -> dict[str, Any]:
+    result: dict[str, Any] = {"name": score.name, "file": score.path, "pairs": score.pairs, "spearman": score.spearman, "pearson": score.pearson}
+    if worst is not None:
+        result["worst"] = [vars(pair) for pair in worst]
+    return result

@@ -1,4 +1,4 @@
-"""Reader -> windows -> token-budget batches -> encoder -> writer, in input order, with per-stage timings."""
+"""The runner: reader -> windows -> cache -> token-budget batches -> encoder -> sink, in input order; it only loops."""
 
 from __future__ import annotations
 
@@ -7,41 +7,28 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
-from sbert_cli.batching import iter_windows, plan_batches, restore_order
-from sbert_cli.encoder import Encoder, Tokenized
-from sbert_cli.errors import SbertError
-from sbert_cli.readers import BadRow, Record, split_window
+from sbert_cli.batching import BatchPlan, iter_windows, restore_order
+from sbert_cli.errors import InputDataError
+from sbert_cli.readers import BadRow, Extent, Record, iter_rows, split_window
+
+if TYPE_CHECKING:
+    from sbert_cli.cache import Profile, VectorCache
+    from sbert_cli.encoder import Encoder, ModelHandle, ModelInfo, Tokenized
+    from sbert_cli.job import EncodeJob, ModelOptions
+    from sbert_cli.sinks import Sink
 
 T = TypeVar("T")
-
-
-# The fixed cost of one forward pass, in tokens' worth of work, used to decide where to cut batches.
-# Measured: on 2 CPU cores 16-64 all cut padding from 1.30x to 1.01-1.03x and ran 1.22x faster than
-# greedy filling (32 is the middle); a GPU runs a small batch almost as fast as a full one.
-BATCH_COST_TOKENS = {"cpu": 32, "cuda": 2048}
-
-
-@dataclass(frozen=True)
-class BatchPlan:
-    """How rows are grouped: windows of `chunk_size` rows, batches under `batch_size` rows and `max_tokens`."""
-
-    chunk_size: int = 10_000
-    batch_size: int = 32
-    max_tokens: int = 16_384
-    batch_cost: int = BATCH_COST_TOKENS["cpu"]
-
-    def for_device(self, device: str) -> BatchPlan:
-        """The same plan with the batch cost of `device` ('cpu', 'cuda', 'cuda:1')."""
-        return replace(self, batch_cost=BATCH_COST_TOKENS["cuda" if device.startswith("cuda") else "cpu"])
+STAGES = ("read", "cache", "tokenize", "forward", "write")
 
 
 @dataclass
 class EncodeStats:
-    """What a run did and where its time went."""
+    """What a run did and where its time went (stage seconds overlap: they run in separate threads)."""
 
     rows: int = 0
     rejected: int = 0
@@ -49,158 +36,242 @@ class EncodeStats:
     shards_written: int = 0
     shards_resumed: int = 0
     truncated: int = 0
+    cached: int = 0  # rows whose vector came from the cache
+    repeated: int = 0  # rows whose text came earlier in the same window
+    encoded: int = 0  # texts that went through the model
     real_tokens: int = 0
     padded_tokens: int = 0
     batches: int = 0
+    load_seconds: float = 0.0
     seconds: float = 0.0
-    stage_seconds: dict[str, float] = field(
-        default_factory=lambda: {"read": 0.0, "tokenize": 0.0, "forward": 0.0, "write": 0.0}
-    )
+    nothing_to_do: bool = False
+    stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
 
     @property
     def rows_per_second(self) -> float:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
 
 
-class Interrupted(SbertError):
-    """A stop was requested (SIGINT, SIGTERM): the run ended after a whole batch; nothing partial was kept."""
+class Progress(Protocol):
+    """Told after every batch how many more rows are done and how far into the input the reader is."""
 
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+    def advance(self, rows: int, position: int | None, extent: Extent) -> None: ...
 
 
-class Sink(Protocol):
-    """Where a run's rows go, shard by shard (a single output file is one shard)."""
+@dataclass(frozen=True)
+class Hooks:
+    """How the caller watches a run: a stop check between batches (it raises to stop), and progress."""
 
-    done: set[int]
+    check_stop: Callable[[], None] = lambda: None
+    progress: Progress | None = None
 
-    def shard_of(self, row: int) -> int: ...
 
-    def start_shard(self, index: int) -> None: ...
+class ModelSource:
+    """The run's model, loaded the first time a text must be encoded: a run the cache answers never loads it."""
 
-    def write(self, records: list[Record], vectors: np.ndarray, n_tokens: list[int]) -> None: ...
+    def __init__(self, info: ModelInfo, load: Callable[[], Encoder], cache: VectorCache | None = None, handle: ModelHandle | None = None) -> None:
+        self.info = info
+        self.cache = cache
+        self.load_seconds = 0.0
+        self._load = load
+        self._handle = handle
+        self._encoder: Encoder | None = None
+        self._profile: Profile | None = None
+        self._lock = threading.Lock()
 
-    def reject(self, rows: list[BadRow]) -> None: ...
+    @classmethod
+    def of(cls, model: Encoder | ModelSource) -> ModelSource:
+        """A source for an encoder already loaded (the Python API, sim and evaluate's tests, Ray actors)."""
+        return model if isinstance(model, ModelSource) else cls(model.info, lambda: model)
 
-    def finish_shard(self) -> None: ...
+    @classmethod
+    def for_handle(cls, handle: ModelHandle, cache: VectorCache | None) -> ModelSource:
+        return cls(handle.info, handle.load, cache, handle)
+
+    def encoder(self) -> Encoder:
+        with self._lock:
+            if self._encoder is None:
+                started = time.perf_counter()
+                self._encoder = self._load()
+                self.load_seconds = time.perf_counter() - started
+            return self._encoder
+
+    def profile(self) -> Profile:
+        """The cache profile: the model files' fingerprint plus every option that changes a vector."""
+        assert self.cache is not None and self._handle is not None
+        if self._profile is None:
+            info = self.info
+            description = {"pooling": info.pooling, "normalize": info.normalize, "max_length": info.max_length, "precision": info.precision}
+            self._profile = self.cache.profile(info.name, self._handle.directory, description)
+        return self._profile
+
+
+@dataclass
+class TextWork:
+    """A window's texts reduced to the distinct ones, with what the cache already knows and what is left to encode."""
+
+    slots: np.ndarray  # row -> index of its text among the distinct texts
+    texts: list[str]  # the distinct texts
+    vectors: np.ndarray  # [distinct, dim], filled from the cache now and by the encoder later
+    n_tokens: np.ndarray  # untruncated token counts of the distinct texts
+    missing: list[int]  # distinct texts the cache did not have
+    tokens: Tokenized | None = None  # of the missing texts
+    batches: list[list[int]] = field(default_factory=list)
+
+
+def prepare_texts(texts: list[str], source: ModelSource, plan: BatchPlan, stats: EncodeStats) -> TextWork:
+    """Deduplicate, look up the cache, tokenize and batch what is left (runs ahead, in the reading thread)."""
+    distinct: dict[str, int] = {}
+    slots = np.fromiter((distinct.setdefault(text, len(distinct)) for text in texts), dtype=np.int64, count=len(texts))
+    unique = list(distinct)
+    work = TextWork(slots, unique, np.zeros((len(unique), source.info.dim), np.float32), np.zeros(len(unique), np.int64), list(range(len(unique))))
+    stats.repeated += len(texts) - len(unique)
+    if source.cache is not None and unique:
+        started = time.perf_counter()
+        found = source.cache.lookup(source.profile(), unique, source.info.dim)
+        for index, (vector, count) in found.items():
+            work.vectors[index], work.n_tokens[index] = vector, count
+        work.missing = [index for index in range(len(unique)) if index not in found]
+        stats.cached += int(np.isin(slots, list(found)).sum()) if found else 0
+        stats.stage_seconds["cache"] += time.perf_counter() - started
+    if work.missing:
+        started = time.perf_counter()
+        work.tokens = source.encoder().tokenize([unique[index] for index in work.missing])
+        work.n_tokens[work.missing] = work.tokens.n_tokens
+        work.batches = plan.cut([len(ids) for ids in work.tokens.ids])
+        stats.stage_seconds["tokenize"] += time.perf_counter() - started
+    return work
+
+
+def finish_texts(work: TextWork, source: ModelSource, stats: EncodeStats, hooks: Hooks, on_batch: Callable[[float], None] | None = None) -> np.ndarray:
+    """Encode what prepare_texts left, store it in the cache, and return one vector per row of the window."""
+    if work.tokens is not None:
+        encoder = source.encoder()
+        lengths = [len(ids) for ids in work.tokens.ids]
+        outputs = []
+        started = time.perf_counter()
+        for done, batch in enumerate(work.batches, 1):
+            hooks.check_stop()
+            outputs.append(encoder.embed([work.tokens.ids[i] for i in batch]))
+            if on_batch is not None:
+                on_batch(done / len(work.batches))
+        stats.stage_seconds["forward"] += time.perf_counter() - started
+        stats.batches += len(work.batches)
+        stats.encoded += len(lengths)
+        stats.real_tokens += sum(lengths)
+        stats.padded_tokens += sum(lengths[batch[0]] * len(batch) for batch in work.batches)
+        work.vectors[work.missing] = restore_order(len(lengths), work.batches, outputs)
+        if source.cache is not None:
+            started = time.perf_counter()
+            missing_texts = [work.texts[index] for index in work.missing]
+            source.cache.store(source.profile(), missing_texts, work.vectors[work.missing], work.tokens.n_tokens)
+            stats.stage_seconds["cache"] += time.perf_counter() - started
+    return work.vectors[work.slots]
+
+
+def embed_texts(texts: list[str], model: Encoder | ModelSource, plan: BatchPlan = BatchPlan()) -> np.ndarray:
+    """Vectors for an in-memory list of texts (sim, evaluate, the Python API), in the list's order."""
+    source = ModelSource.of(model)
+    if not texts:
+        return np.zeros((0, source.info.dim), dtype=np.float32)
+    stats = EncodeStats()
+    parts = [finish_texts(prepare_texts(window, source, plan, stats), source, stats, Hooks()) for window in iter_windows(texts, plan.chunk_size)]
+    return np.concatenate(parts)
 
 
 @dataclass
 class _Window:
     shard: int
     rows: int
+    position: int | None
     records: list[Record]
     rejects: list[BadRow]
-    tokens: Tokenized | None
-    batches: list[list[int]]
+    work: TextWork | None
 
 
-StopCheck = Callable[[], None]
+@dataclass(frozen=True)
+class RunReport:
+    """What the summary needs: the run's figures, what the vectors are, and where rejected rows went."""
+
+    stats: EncodeStats
+    info: ModelInfo
+    rejects: str
 
 
-def plan_window(tokens: Tokenized, plan: BatchPlan) -> list[list[int]]:
-    return plan_batches([len(ids) for ids in tokens.ids], plan.batch_size, plan.max_tokens, plan.batch_cost)
+def run_encode(job: EncodeJob, hooks: Hooks, extent: Extent) -> RunReport:
+    """The whole encode job: model, cache and sink are built elsewhere; this only connects them."""
+    from sbert_cli.encoder import open_model
+    from sbert_cli.manifest import DirectoryLayout, recorded_precision
+    from sbert_cli.sinks import open_sink
 
-
-def embed_tokenized(
-    tokens: Tokenized,
-    encoder: Encoder,
-    plan: BatchPlan,
-    stats: EncodeStats | None = None,
-    check_stop: StopCheck | None = None,
-    batches: list[list[int]] | None = None,
-) -> np.ndarray:
-    """Vectors for one window of tokenized texts, batched longest first, returned in the window's order."""
-    lengths = [len(ids) for ids in tokens.ids]
-    if batches is None:
-        batches = plan_window(tokens, plan)
-    outputs = []
+    options = job.model
+    if job.resume and options.precision == "auto" and job.output.kind == "directory":
+        # A resumed directory keeps the precision it started with, even on a machine that would pick another.
+        options = replace(options, precision=recorded_precision(DirectoryLayout(Path(job.output.path))) or "auto")
+    handle = open_model(options)
+    cache = open_cache(job.cache)
     started = time.perf_counter()
-    for batch in batches:
-        if check_stop is not None:
-            check_stop()
-        outputs.append(encoder.embed([tokens.ids[i] for i in batch]))
-    if stats is not None:
-        stats.stage_seconds["forward"] += time.perf_counter() - started
-        stats.batches += len(batches)
-        stats.real_tokens += sum(lengths)
-        stats.padded_tokens += sum(lengths[batch[0]] * len(batch) for batch in batches)
-        stats.truncated += sum(1 for count in tokens.n_tokens if count > encoder.info.max_length)
-    return restore_order(len(lengths), batches, outputs)
+    with open_sink(job, handle.info) as sink:
+        if sink.complete:
+            return RunReport(EncodeStats(nothing_to_do=True), handle.info, sink.rejects_shown)
+        source = ModelSource.for_handle(handle, cache)
+        plan = job.plan.for_device(handle.info.device)
+        stats = encode_rows(iter_rows(job.input, extent), source, sink, plan, job.skip_bad_rows, hooks, extent)
+        if stats.rows + stats.rejected + stats.resumed_rows == 0:
+            raise InputDataError(f"{job.input.name}: no rows to encode")
+        sink.finish()
+    stats.load_seconds, stats.seconds = source.load_seconds, time.perf_counter() - started
+    return RunReport(stats, handle.info, sink.rejects_shown)
 
 
-def embed_texts(texts: list[str], encoder: Encoder, plan: BatchPlan = BatchPlan()) -> np.ndarray:
-    """Vectors for an in-memory list of texts (for sim and evaluate), in the list's order."""
-    if not texts:
-        return np.zeros((0, encoder.info.dim), dtype=np.float32)
-    parts = [embed_tokenized(encoder.tokenize(window), encoder, plan) for window in iter_windows(texts, plan.chunk_size)]
-    return np.concatenate(parts)
+def model_source(options: ModelOptions, cache_path: str | None) -> ModelSource:
+    """The model for sim and evaluate: described now, loaded only if the cache cannot answer."""
+    from sbert_cli.encoder import open_model
+
+    return ModelSource.for_handle(open_model(options), open_cache(cache_path))
+
+
+def open_cache(path: str | None) -> VectorCache | None:
+    if path is None:
+        return None
+    from sbert_cli.cache import VectorCache
+
+    return VectorCache(path)
 
 
 def encode_rows(
-    rows: Iterable[Record | BadRow],
-    encoder: Encoder,
-    sink: Sink,
-    plan: BatchPlan,
-    skip_bad_rows: bool = False,
-    check_stop: StopCheck | None = None,
-    on_rows: Callable[[int], None] | None = None,
+    rows: Iterable[Record | BadRow], source: ModelSource, sink: Sink, plan: BatchPlan, skip_bad_rows: bool, hooks: Hooks, extent: Extent
 ) -> EncodeStats:
-    """Stream rows through the encoder into the sink, shard by shard; memory holds a few windows, never the input.
+    """Stream rows through the model into the sink, shard by shard; memory holds a few windows, never the input.
 
     A bad row fails the run unless `skip_bad_rows`, when it goes to the sink's rejects. Shards the sink
     already has (a resumed run) are read past without tokenizing or encoding.
     """
     stats = EncodeStats()
-    started = time.perf_counter()
-
-    def windows() -> Iterator[_Window]:
-        source = iter_windows(rows, plan.chunk_size, key=lambda item: sink.shard_of(item.row))
-        while True:
-            t0 = time.perf_counter()
-            window = next(source, None)
-            t1 = time.perf_counter()
-            stats.stage_seconds["read"] += t1 - t0
-            if window is None:
-                return
-            shard = sink.shard_of(window[0].row)
-            if shard in sink.done:
-                yield _Window(shard, len(window), [], [], None, [])
-                continue
-            records, rejects = split_window(window, skip_bad_rows)
-            tokens = encoder.tokenize([record.text for record in records]) if records else None
-            batches = plan_window(tokens, plan) if tokens is not None else []
-            stats.stage_seconds["tokenize"] += time.perf_counter() - t1
-            yield _Window(shard, len(window), records, rejects, tokens, batches)
-
-    current: int | None = None
-    resumed: set[int] = set()
-    # Reading and tokenizing the next window, and writing the last one, overlap this one's forward pass.
+    windows = _windows(rows, source, sink, plan, skip_bad_rows, stats, extent)
     writer = BackgroundSink(sink)
+    tracker = _ProgressTracker(hooks.progress, extent)
+    current: int | None = None
     try:
-        for window in prefetch(windows(), depth=1):
+        # Reading, deduplicating, looking up and tokenizing the next window, and writing the last one, overlap this one's forward pass.
+        for window in prefetch(windows, depth=1):
+            on_batch = tracker.start(window)
             if window.shard in sink.done:
-                resumed.add(window.shard)
+                stats.shards_resumed += 1 if window.shard != current else 0
                 stats.resumed_rows += window.rows
+                current = window.shard
+                tracker.window_done(window)
                 continue
             if window.shard != current:
-                if current is not None:
+                if current is not None and current not in sink.done:
                     writer.finish_shard()
                     stats.shards_written += 1
                 writer.start_shard(window.shard)
                 current = window.shard
-            writer.reject(window.rejects)
-            stats.rejected += len(window.rejects)
-            if window.tokens is not None:
-                vectors = embed_tokenized(window.tokens, encoder, plan, stats, check_stop, window.batches)
-                writer.write(window.records, vectors, window.tokens.n_tokens)
-                stats.rows += len(window.records)
-            if on_rows is not None:
-                on_rows(window.rows)
-            if check_stop is not None:
-                check_stop()
-        if current is not None:
+            _encode_window(window, source, writer, stats, hooks, on_batch)
+            tracker.window_done(window)
+            hooks.check_stop()
+        if current is not None and current not in sink.done:
             writer.finish_shard()
             stats.shards_written += 1
         writer.close()
@@ -208,9 +279,72 @@ def encode_rows(
         writer.abandon()
         raise
     stats.stage_seconds["write"] = writer.seconds
-    stats.shards_resumed = len(resumed)
-    stats.seconds = time.perf_counter() - started
     return stats
+
+
+def _encode_window(
+    window: _Window, source: ModelSource, writer: BackgroundSink, stats: EncodeStats, hooks: Hooks, on_batch: Callable[[float], None] | None
+) -> None:
+    writer.reject(window.rejects)
+    stats.rejected += len(window.rejects)
+    if window.work is not None:
+        vectors = finish_texts(window.work, source, stats, hooks, on_batch)
+        n_tokens = window.work.n_tokens[window.work.slots]
+        stats.truncated += int((n_tokens > source.info.max_length).sum())
+        writer.write(window.records, vectors, n_tokens.tolist())
+        stats.rows += len(window.records)
+
+
+def _windows(
+    rows: Iterable[Record | BadRow], source: ModelSource, sink: Sink, plan: BatchPlan, skip_bad_rows: bool, stats: EncodeStats, extent: Extent
+) -> Iterator[_Window]:
+    """Windows of rows that never span two shards, each prepared up to its forward pass."""
+    iterator = iter_windows(rows, plan.chunk_size, key=lambda item: sink.shard_of(item.row))
+    while True:
+        started = time.perf_counter()
+        window = next(iterator, None)
+        stats.stage_seconds["read"] += time.perf_counter() - started
+        if window is None:
+            return
+        position = extent.now()
+        shard = sink.shard_of(window[0].row)
+        if shard in sink.done:
+            yield _Window(shard, len(window), position, [], [], None)
+            continue
+        records, rejects = split_window(window, skip_bad_rows)
+        work = prepare_texts([record.text for record in records], source, plan, stats) if records else None
+        yield _Window(shard, len(window), position, records, rejects, work)
+
+
+class _ProgressTracker:
+    """Spreads each window's rows and bytes over its batches, so the bar moves during a window, not after it."""
+
+    def __init__(self, progress: Progress | None, extent: Extent) -> None:
+        self.progress = progress
+        self.extent = extent
+        self.rows = 0
+        self.position = 0
+        self._start = (0, 0)
+
+    def start(self, window: _Window) -> Callable[[float], None] | None:
+        """Note where a window starts; the callback reports the share of its batches done."""
+        self._start = (self.rows, self.position)
+        if self.progress is None:
+            return None
+        return lambda fraction: self._report(window, fraction)
+
+    def window_done(self, window: _Window) -> None:
+        if self.progress is not None:
+            self._report(window, 1.0)
+
+    def _report(self, window: _Window, fraction: float) -> None:
+        assert self.progress is not None
+        start_rows, start_position = self._start
+        end = window.position if window.position is not None else start_position
+        rows, position = start_rows + int(window.rows * fraction), int(start_position + (end - start_position) * fraction)
+        known = position if window.position is not None else None
+        self.progress.advance(rows - self.rows, known, self.extent)
+        self.rows, self.position = rows, position
 
 
 class BackgroundSink:

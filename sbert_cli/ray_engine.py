@@ -1,4 +1,4 @@
-"""--engine ray: the same readers, encoder and batching, run by Ray Data tasks and actors over many files."""
+"""--engine ray: the same job, readers, encoder and batching, run by Ray Data tasks and actors over many files."""
 
 from __future__ import annotations
 
@@ -12,33 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from sbert_cli.errors import SbertError, UsageError
-
-_INPUT_SUFFIXES = {".csv", ".tsv", ".tab", ".jsonl", ".ndjson", ".parquet", ".pq"}
-
-
-@dataclass(frozen=True)
-class RayJob:
-    """Everything a Ray worker needs to read, encode and write; plain data, so it pickles to any node."""
-
-    inputs: tuple[str, ...]
-    output: str
-    format: str | None
-    text_column: str
-    id_column: str | None
-    on_error: str
-    model: str
-    device: str
-    precision: str
-    max_length: int | None
-    normalize: bool
-    dtype: str
-    chunk_size: int
-    batch_size: int
-    max_tokens: int
-    shard_rows: int
-    workers: int
-    cpus_per_worker: float
-    gpus_per_worker: float
+from sbert_cli.job import EncodeJob, RayOptions
+from sbert_cli.manifest import DirectoryLayout
+from sbert_cli.readers import EXTENSIONS, InputSpec, detect_format
 
 
 @dataclass(frozen=True)
@@ -55,7 +31,7 @@ def expand_inputs(pattern: str) -> list[str]:
     if path.is_file():
         return [str(path)]
     if path.is_dir():
-        files = sorted(str(p) for p in path.iterdir() if p.is_file() and p.suffix.lower() in _INPUT_SUFFIXES)
+        files = sorted(str(p) for p in path.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS)
         if not files:
             raise UsageError(f"{pattern}: no .csv, .tsv, .jsonl or .parquet files in this directory")
         return files
@@ -65,46 +41,43 @@ def expand_inputs(pattern: str) -> list[str]:
     return files
 
 
-def plan_resources(address: str | None, workers: int | None, cpus_per_worker: float, gpus_per_worker: float, cores: int) -> int:
+def plan_resources(options: RayOptions, cores: int) -> int:
     """How many encoder actors to start; on a local Ray, their CPUs plus one for reading must fit the machine."""
-    if address is not None:
-        return workers or 1
+    if options.address is not None:
+        return options.workers or 1
     spare = cores - 1  # a reading task needs a CPU too, or the actors starve it and the job hangs
-    fitting = int(spare // cpus_per_worker) if cpus_per_worker > 0 else spare
-    if workers is None:
-        workers = max(1, fitting)
-    if workers * cpus_per_worker > spare:
+    per_worker = options.cpus_per_worker
+    fitting = int(spare // per_worker) if per_worker > 0 else spare
+    workers = options.workers or max(1, fitting)
+    if workers * per_worker > spare:
         raise UsageError(
-            f"--workers {workers} x --cpus-per-worker {cpus_per_worker:g} needs {workers * cpus_per_worker + 1:g} CPUs "
+            f"--workers {workers} x --cpus-per-worker {per_worker:g} needs {workers * per_worker + 1:g} CPUs "
             f"with one for reading, and this machine has {cores}; pass --workers {max(1, fitting)}"
         )
     return workers
 
 
-def read_files(batch: Any, job: RayJob) -> Iterator[Any]:
+def read_files(batch: Any, job: EncodeJob, several: bool) -> Iterator[Any]:
     """Ray task: read whole files with sbert's own readers, yielding windows of (id, text); rejects go to files."""
     import pyarrow as pa
 
     from sbert_cli.batching import iter_windows
-    from sbert_cli.readers import InputSpec, detect_format, iter_rows, split_window
+    from sbert_cli.readers import iter_rows, split_window
     from sbert_cli.writers import RejectsWriter
 
-    several = len(job.inputs) > 1
-    if job.on_error == "skip":
-        (Path(job.output) / "rejects").mkdir(parents=True, exist_ok=True)
+    rejects_dir = DirectoryLayout(Path(job.output.path)).rejects
+    explicit = None if job.input.format == "auto" else job.input.format
     for path in batch.column("path").to_pylist():
-        spec = InputSpec(path, detect_format(path, job.format), job.text_column, job.id_column)
-        rejects = RejectsWriter(str(Path(job.output) / "rejects" / f"{_file_key(path)}.rejects.jsonl"))
+        spec = InputSpec(path, detect_format(path, explicit), job.input.text_column, job.input.id_column)
+        rejects = RejectsWriter(str(rejects_dir / f"{_file_key(path)}.rejects.jsonl"))
         try:
-            for window in iter_windows(iter_rows(spec), job.chunk_size):
-                good, bad = split_window(window, job.on_error == "skip")
+            for window in iter_windows(iter_rows(spec), job.plan.chunk_size):
+                good, bad = split_window(window, job.skip_bad_rows)
                 rejects.add(bad)
                 if not good:
                     continue
                 # Without an id column, ids are row numbers, prefixed with the file's name when there are several.
-                ids = [
-                    record.id if job.id_column or not several else f"{Path(path).name}:{record.row}" for record in good
-                ]
+                ids = [record.id if spec.id_column or not several else f"{Path(path).name}:{record.row}" for record in good]
                 yield pa.table({"id": ids, "text": [record.text for record in good]})
             rejects.finish()
         except BaseException:
@@ -120,77 +93,79 @@ def _file_key(path: str) -> str:
 class EncodeBatches:
     """Ray actor: loads the model once, then encodes each block with sbert's batching and pooling."""
 
-    def __init__(self, job: RayJob) -> None:
+    def __init__(self, job: EncodeJob) -> None:
         import torch
 
-        from sbert_cli.encoder import load_encoder
-        from sbert_cli.pipeline import BatchPlan
-        from sbert_cli.writers import describe_model
+        from sbert_cli.encoder import open_model
+        from sbert_cli.pipeline import ModelSource
+        from sbert_cli.sinks import describe_vectors
 
+        assert job.ray is not None
         self.job = job
-        self.encoder = load_encoder(job.model, device=job.device, precision=job.precision, max_length=job.max_length, normalize=job.normalize)
-        if self.encoder.info.device == "cpu":
-            torch.set_num_threads(max(1, int(job.cpus_per_worker)))  # the actor's share, not the node's cores
-        plan = BatchPlan(chunk_size=job.chunk_size, batch_size=job.batch_size, max_tokens=job.max_tokens)
-        self.plan = plan.for_device(self.encoder.info.device)
-        self.metadata = describe_model(self.encoder.info, job.dtype)
+        handle = open_model(job.model)
+        self.source = ModelSource.of(handle.load())
+        if handle.info.device == "cpu":
+            torch.set_num_threads(max(1, int(job.ray.cpus_per_worker)))  # the actor's share, not the node's cores
+        self.plan = job.plan.for_device(handle.info.device)
+        self.metadata = describe_vectors(handle.info, job.output.dtype)
 
     def __call__(self, table: Any) -> Any:
         import pyarrow as pa
 
-        from sbert_cli.pipeline import embed_tokenized
+        from sbert_cli.pipeline import embed_texts
         from sbert_cli.writers import embedding_array
 
-        tokens = self.encoder.tokenize(table.column("text").to_pylist())
-        vectors = embed_tokenized(tokens, self.encoder, self.plan)
-        result = pa.table({"id": table.column("id"), "embedding": embedding_array(vectors, self.job.dtype)})
+        vectors = embed_texts(table.column("text").to_pylist(), self.source, self.plan)
+        result = pa.table({"id": table.column("id"), "embedding": embedding_array(vectors, self.job.output.dtype)})
         return result.replace_schema_metadata(self.metadata)
 
 
-def run_ray_job(job: RayJob, address: str | None, cores: int) -> RayResult:
-    """Read -> encode (an actor pool) -> Parquet shards in job.output; raises SbertError for user mistakes."""
+@dataclass(frozen=True)
+class RayPlan:
+    """The files a Ray run reads and the actors it starts, decided before Ray starts."""
+
+    inputs: tuple[str, ...]
+    workers: int
+    cores: int
+
+    def where(self, options: RayOptions) -> str:
+        return options.address or f"a local Ray with {self.cores} CPUs"
+
+
+def plan_ray_job(job: EncodeJob) -> RayPlan:
+    """Expand the input pattern and size the actor pool; every input's format is checked here, not on a worker."""
+    from sbert_cli.encoder import available_cores
+
+    assert job.ray is not None
+    inputs = expand_inputs(job.input.path)
+    explicit = None if job.input.format == "auto" else job.input.format
+    for path in inputs:
+        detect_format(path, explicit)
+    cores = available_cores()
+    return RayPlan(tuple(inputs), plan_resources(job.ray, cores), cores)
+
+
+def run_ray_job(job: EncodeJob, plan: RayPlan) -> RayResult:
+    """Read -> encode (an actor pool) -> Parquet shards in the output directory; raises SbertError for user mistakes."""
     import time
 
     try:
         import ray
     except ImportError:
         raise UsageError("--engine ray needs Ray: pip install 'sbert-cli[ray]'") from None
-    out = Path(job.output)
-    out.mkdir(parents=True, exist_ok=True)
-    if any(out.glob("*.parquet")):
-        raise UsageError(f"{out}: already holds Parquet files; --engine ray writes into an empty directory")
+    assert job.ray is not None
+    layout = DirectoryLayout(Path(job.output.path))
+    layout.data.mkdir(parents=True, exist_ok=True)
+    if any(layout.data.iterdir()):
+        raise UsageError(f"{layout.data}: is not empty; --engine ray writes into an empty directory")
+    layout.rejects.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     owns_ray = not ray.is_initialized()
     if owns_ray:
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
-        if address is None:
-            kwargs["num_cpus"] = cores
-        else:
-            kwargs["address"] = address
-        ray.init(**kwargs)
+        target = {"num_cpus": plan.cores} if job.ray.address is None else {"address": job.ray.address}
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR, **target)
     try:
-        import ray.data
-
-        # Ray logs a worker's failure with its whole traceback; sbert reports it in one line instead, and
-        # Ray's full logs stay in its session directory (/tmp/ray/session_latest/logs).
-        for name in ("ray", "ray.data"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False
-        dataset = ray.data.from_items([{"path": path} for path in job.inputs])
-        # Reading stays a task of its own (its CPU share differs from the actors', so Ray does not fuse the
-        # two): its blocks then spread over all actors, even when the input is one large file.
-        dataset = dataset.map_batches(read_files, batch_size=1, batch_format="pyarrow", fn_kwargs={"job": job}, num_cpus=0.5)
-        dataset = dataset.map_batches(
-            EncodeBatches,
-            fn_constructor_kwargs={"job": job},
-            batch_size=job.chunk_size,
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=job.workers),
-            num_cpus=job.cpus_per_worker,
-            num_gpus=job.gpus_per_worker or None,
-        )
-        dataset.write_parquet(str(out), **_rows_per_file(dataset, job.shard_rows))
+        _write_dataset(job, plan, layout)
     except Exception as error:  # Ray wraps a worker's exception; ours carries the one-line message
         cause = _sbert_cause(error)
         if cause is not None:
@@ -201,10 +176,37 @@ def run_ray_job(job: RayJob, address: str | None, cores: int) -> RayResult:
             ray.shutdown()
     import pyarrow.parquet as pq
 
-    shards = sorted(out.glob("*.parquet"))
+    shards = sorted(layout.data.glob("*.parquet"))
     rows = sum(pq.read_metadata(shard).num_rows for shard in shards)
-    rejected = sum(sum(1 for _ in open(path, encoding="utf-8")) for path in (out / "rejects").glob("*.rejects.jsonl"))
+    rejected = sum(sum(1 for _ in open(path, encoding="utf-8")) for path in layout.rejects.glob("*.rejects.jsonl"))
     return RayResult(rows=rows, rejected=rejected, shards=len(shards), seconds=time.perf_counter() - started)
+
+
+def _write_dataset(job: EncodeJob, plan: RayPlan, layout: DirectoryLayout) -> None:
+    import ray
+    import ray.data
+
+    assert job.ray is not None
+    # Ray logs a worker's failure with its whole traceback; sbert reports it in one line instead, and
+    # Ray's full logs stay in its session directory (/tmp/ray/session_latest/logs).
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    dataset = ray.data.from_items([{"path": path} for path in plan.inputs])
+    # Reading stays a task of its own (its CPU share differs from the actors', so Ray does not fuse the
+    # two): its blocks then spread over all actors, even when the input is one large file.
+    read_kwargs = {"job": job, "several": len(plan.inputs) > 1}
+    dataset = dataset.map_batches(read_files, batch_size=1, batch_format="pyarrow", fn_kwargs=read_kwargs, num_cpus=0.5)
+    dataset = dataset.map_batches(
+        EncodeBatches,
+        fn_constructor_kwargs={"job": job},
+        batch_size=job.plan.chunk_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=plan.workers),
+        num_cpus=job.ray.cpus_per_worker,
+        num_gpus=job.ray.gpus_per_worker or None,
+    )
+    dataset.write_parquet(str(layout.data), **_rows_per_file(dataset, job.shard_rows))
 
 
 def _rows_per_file(dataset: Any, shard_rows: int) -> dict[str, int]:

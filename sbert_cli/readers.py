@@ -1,4 +1,4 @@
-"""Input formats -> records: CSV, TSV, JSONL and Parquet, from a file or stdin, as a stream."""
+"""Every file the tool reads: CSV, TSV, JSONL and Parquet, from a file or stdin, streamed as numbered rows."""
 
 from __future__ import annotations
 
@@ -19,8 +19,7 @@ from sbert_cli.errors import InputDataError, UsageError
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
 STDIN = "-"
-
-_EXTENSIONS = {
+EXTENSIONS = {
     ".csv": "csv",
     ".tsv": "tsv",
     ".tab": "tsv",
@@ -29,6 +28,9 @@ _EXTENSIONS = {
     ".parquet": "parquet",
     ".pq": "parquet",
 }
+MISSING: Any = type("Missing", (), {"__repr__": lambda self: "MISSING"})()  # a JSON field that is not there
+_BOM = b"\xef\xbb\xbf"
+_CONVERT_HINT = "convert the file, e.g. iconv -f GBK -t UTF-8"
 
 # Python's csv module refuses fields over 128 KiB by default; a long paragraph is a valid row.
 csv.field_size_limit(2**31 - 1)
@@ -45,7 +47,7 @@ class Record:
 
 @dataclass(frozen=True, slots=True)
 class BadRow:
-    """A row that cannot be encoded, with where it is and why."""
+    """A row that cannot be used, with where it is and why."""
 
     row: int
     where: str
@@ -56,9 +58,37 @@ class BadRow:
         return f"{self.where}: {self.reason}"
 
 
+@dataclass(frozen=True, slots=True)
+class Fields:
+    """One data row's values of the requested columns (MISSING where a JSON object lacks the field)."""
+
+    row: int
+    where: str
+    values: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """What to read from any input: which columns, how the user names others, and how the file is laid out."""
+
+    path: str
+    format: str
+    columns: tuple[str, ...]
+    fixes: tuple[str, ...]  # per column: the option that names another one ("--text-column NAME")
+    id_column: str | None = None  # identifies a bad row in the rejects; without it, the row number does
+    string_columns: tuple[str, ...] = ()  # Parquet columns that must hold strings
+    header: str = "required"  # or "sniff": the first line is a header only when it names every column
+    quoting: bool = True  # False: quotes are text, as in the published evaluation sets' TSV
+    format_option: bool = True  # whether --format exists to suggest
+
+    @property
+    def name(self) -> str:
+        return "<stdin>" if self.path == STDIN else self.path
+
+
 @dataclass(frozen=True)
 class InputSpec:
-    """What to read: a path (or '-' for stdin), its format and which columns hold text and id."""
+    """What `encode` reads: a path (or '-' for stdin), its format and which columns hold text and id."""
 
     path: str
     format: str
@@ -69,8 +99,31 @@ class InputSpec:
     def name(self) -> str:
         return "<stdin>" if self.path == STDIN else self.path
 
+    @property
+    def table(self) -> TableSpec:
+        columns = (self.text_column,) if self.id_column is None else (self.text_column, self.id_column)
+        return TableSpec(
+            self.path, self.format, columns, ("--text-column NAME", "--id-column NAME"), self.id_column,
+            string_columns=(self.text_column,),
+        )
 
-BadRowHandler = Callable[[BadRow], None]
+
+@dataclass
+class Extent:
+    """How far a reader has got, for a progress bar: bytes of a text file, rows of a Parquet file."""
+
+    total: int | None = None
+    unit: str = "rows"
+    position: Callable[[], int] | None = None
+
+    def now(self) -> int | None:
+        """How far the reader is now; the whole input once it has finished and closed the file."""
+        if self.position is None:
+            return None
+        try:
+            return self.position()
+        except (ValueError, OSError):
+            return self.total
 
 
 def detect_format(path: str, explicit: str | None) -> str:
@@ -83,44 +136,41 @@ def detect_format(path: str, explicit: str | None) -> str:
     if path == STDIN:
         return "auto"
     suffix = Path(path).suffix.lower()
-    if suffix in _EXTENSIONS:
-        return _EXTENSIONS[suffix]
-    raise UsageError(
-        f"{path}: cannot tell the format from the extension '{suffix}'; "
-        f"pass --format {'|'.join(FORMATS)}"
-    )
+    if suffix in EXTENSIONS:
+        return EXTENSIONS[suffix]
+    raise UsageError(f"{path}: cannot tell the format from the extension '{suffix}'; pass --format {'|'.join(FORMATS)}")
 
 
 def sniff_format(head: bytes) -> str:
     """Guess the format of stdin from its first bytes: Parquet magic, a JSON object, tabs, else CSV."""
     if head.startswith(b"PAR1"):
         return "parquet"
-    stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    stripped = head.lstrip(_BOM + b" \t\r\n")
     if stripped.startswith(b"{"):
         return "jsonl"
     first_line = stripped.split(b"\n", 1)[0]
     return "tsv" if b"\t" in first_line else "csv"
 
 
-def iter_rows(spec: InputSpec) -> Iterator[Record | BadRow]:
-    """Every data row of the input in order, as a Record or, when it cannot be encoded, a BadRow."""
-    with _open_binary(spec) as (stream, fmt):
-        if fmt == "parquet":
-            yield from _iter_parquet(spec, stream)
-        elif fmt == "jsonl":
-            yield from _iter_jsonl(spec, stream)
-        else:
-            yield from _iter_delimited(spec, stream, "\t" if fmt == "tsv" else ",")
-
-
-def iter_records(spec: InputSpec, on_bad_row: BadRowHandler | None = None) -> Iterator[Record]:
-    """The good rows in order; a bad row raises InputDataError, or goes to on_bad_row if given."""
-    handle = on_bad_row if on_bad_row is not None else _raise_bad_row
-    for item in iter_rows(spec):
+def iter_rows(spec: InputSpec, extent: Extent | None = None) -> Iterator[Record | BadRow]:
+    """Every data row of an encode input in order, as a Record or, when it cannot be encoded, a BadRow."""
+    for item in iter_fields(spec.table, extent):
         if isinstance(item, BadRow):
-            handle(item)
-        else:
             yield item
+            continue
+        text = item.values[0]
+        record_id: Any = item.row
+        if spec.id_column is not None:
+            record_id = item.values[1]
+            problem = f"no field '{spec.id_column}'" if record_id is MISSING else _id_problem(record_id)
+            if problem:
+                yield BadRow(item.row, item.where, None, problem)
+                continue
+        problem = f"no field '{spec.text_column}'" if text is MISSING else _text_problem(spec.text_column, text)
+        if problem:
+            yield BadRow(item.row, item.where, record_id, problem)
+            continue
+        yield Record(item.row, record_id, text)
 
 
 def split_window(window: list[Record | BadRow], skip_bad_rows: bool) -> tuple[list[Record], list[BadRow]]:
@@ -128,225 +178,218 @@ def split_window(window: list[Record | BadRow], skip_bad_rows: bool) -> tuple[li
     records = [item for item in window if isinstance(item, Record)]
     rejects = [item for item in window if isinstance(item, BadRow)]
     if rejects and not skip_bad_rows:
-        _raise_bad_row(rejects[0])
+        raise InputDataError(rejects[0].message())
     return records, rejects
 
 
-def _raise_bad_row(bad: BadRow) -> None:
-    raise InputDataError(bad.message())
+def iter_fields(table: TableSpec, extent: Extent | None = None) -> Iterator[Fields | BadRow]:
+    """The requested columns of every data row, or a BadRow for a row that cannot be read."""
+    with _open_binary(table, extent or Extent()) as (stream, fmt, extent):
+        if fmt == "parquet":
+            yield from _parquet_fields(table, stream, extent)
+        elif fmt == "jsonl":
+            yield from _jsonl_fields(table, stream)
+        else:
+            yield from _delimited_fields(table, stream, "\t" if fmt == "tsv" else ",")
 
 
 @contextmanager
-def _open_binary(spec: InputSpec) -> Iterator[tuple[IO[bytes], str]]:
-    fmt = spec.format
-    if spec.path == STDIN:
-        stdin = sys.stdin.buffer
-        if not hasattr(stdin, "peek"):
-            stdin = io.BufferedReader(stdin)  # type: ignore[arg-type]
-        if fmt == "auto":
-            fmt = sniff_format(stdin.peek(4096)[:4096])
-        if fmt == "parquet":
-            # Parquet needs to seek to its footer; spool stdin to disk, not memory, to keep memory bounded.
-            with tempfile.TemporaryFile() as spool:
-                shutil.copyfileobj(stdin, spool, 1 << 20)
-                spool.seek(0)
-                yield spool, fmt
-        else:
-            yield stdin, fmt
+def _open_binary(table: TableSpec, extent: Extent) -> Iterator[tuple[IO[bytes], str, Extent]]:
+    if table.path == STDIN:
+        with _open_stdin(table.format) as (stream, fmt):
+            yield stream, fmt, extent
         return
-    if os.path.isdir(spec.path):
-        raise UsageError(f"{spec.path}: is a directory; pass a CSV, TSV, JSONL or Parquet file")
+    if os.path.isdir(table.path):
+        raise UsageError(f"{table.path}: is a directory; pass a CSV, TSV, JSONL or Parquet file")
     try:
-        stream = open(spec.path, "rb")
+        stream = open(table.path, "rb")
     except FileNotFoundError:
-        raise UsageError(f"{spec.path}: no such file; check the path") from None
+        raise UsageError(f"{table.path}: no such file; check the path") from None
     except OSError as exc:
-        raise InputDataError(f"{spec.path}: cannot open ({exc.strerror})") from None
+        raise InputDataError(f"{table.path}: cannot open ({exc.strerror})") from None
     with stream:
-        yield stream, fmt
+        extent.total, extent.unit, extent.position = os.fstat(stream.fileno()).st_size, "bytes", stream.tell
+        yield stream, table.format, extent
 
 
-def _decode_lines(
-    spec: InputSpec, stream: IO[bytes], bad_lines: set[int] | None = None
-) -> Iterator[tuple[int, str]]:
-    """(1-based line number, text) for each physical line; bad UTF-8 is noted in bad_lines or raised."""
-    for lineno, raw in enumerate(stream, 1):
-        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-            raw = raw[3:]
-        try:
-            yield lineno, raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            if bad_lines is None:
-                raise InputDataError(f"{spec.name}:{lineno}: {_utf8_reason(exc)}") from None
-            bad_lines.add(lineno)
-            yield lineno, raw.decode("utf-8", errors="replace")
-
-
-_CONVERT_HINT = "convert the file, e.g. iconv -f GBK -t UTF-8"
+@contextmanager
+def _open_stdin(fmt: str) -> Iterator[tuple[IO[bytes], str]]:
+    stdin = sys.stdin.buffer
+    if not hasattr(stdin, "peek"):
+        stdin = io.BufferedReader(stdin)  # type: ignore[arg-type]
+    if fmt == "auto":
+        fmt = sniff_format(stdin.peek(4096)[:4096])
+    if fmt != "parquet":
+        yield stdin, fmt
+        return
+    # Parquet needs to seek to its footer; spool stdin to disk, not memory, to keep memory bounded.
+    with tempfile.TemporaryFile() as spool:
+        shutil.copyfileobj(stdin, spool, 1 << 20)
+        spool.seek(0)
+        yield spool, fmt
 
 
 def _utf8_reason(exc: UnicodeDecodeError) -> str:
     return f"not valid UTF-8 (byte {exc.start + 1} of the line); {_CONVERT_HINT}"
 
 
-def _iter_jsonl(spec: InputSpec, stream: IO[bytes]) -> Iterator[Record | BadRow]:
+def _jsonl_fields(table: TableSpec, stream: IO[bytes]) -> Iterator[Fields | BadRow]:
     row = -1
     for lineno, raw in enumerate(stream, 1):
         if not raw.strip():
             continue
         row += 1
-        where = f"{spec.name}:{lineno}"
-        unknown_id = row if spec.id_column is None else None
-        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-            raw = raw[3:]
+        where = f"{table.name}:{lineno}"
+        unknown_id = row if table.id_column is None else None
         try:
-            line = raw.decode("utf-8")
+            line = (raw[3:] if lineno == 1 and raw.startswith(_BOM) else raw).decode("utf-8")
         except UnicodeDecodeError as exc:
             yield BadRow(row, where, unknown_id, _utf8_reason(exc))
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            hint = (
-                "is this CSV? pass --format csv"
-                if row == 0 and not line.lstrip().startswith("{")
-                else "each line must be one JSON object"
-            )
+            looks_like_csv = row == 0 and table.format_option and not line.lstrip().startswith("{")
+            hint = "is this CSV? pass --format csv" if looks_like_csv else "each line must be one JSON object"
             yield BadRow(row, where, unknown_id, f"invalid JSON ({exc.msg}); {hint}")
             continue
         if not isinstance(obj, dict):
             yield BadRow(row, where, unknown_id, f"expected a JSON object, found {_json_type(obj)}")
             continue
         if row == 0:
-            for column in (spec.text_column, spec.id_column):
-                if column is not None and column not in obj:
-                    raise UsageError(_missing_column(where, "field", column, list(obj), column == spec.text_column))
-        record_id: Any = row
-        if spec.id_column is not None:
-            if spec.id_column not in obj:
-                yield BadRow(row, where, None, f"no field '{spec.id_column}'")
-                continue
-            record_id = obj[spec.id_column]
-            problem = _id_problem(record_id)
-            if problem:
-                yield BadRow(row, where, None, problem)
-                continue
-        if spec.text_column not in obj:
-            yield BadRow(row, where, record_id, f"no field '{spec.text_column}'")
-            continue
-        problem = _text_problem(spec.text_column, obj[spec.text_column])
-        if problem:
-            yield BadRow(row, where, record_id, problem)
-            continue
-        yield Record(row, record_id, obj[spec.text_column])
+            for column, fix in zip(table.columns, table.fixes):
+                if column not in obj:
+                    raise UsageError(_missing_column(where, "field", column, list(obj), fix))
+        yield Fields(row, where, tuple(obj.get(column, MISSING) for column in table.columns))
 
 
-def _iter_delimited(spec: InputSpec, stream: IO[bytes], delimiter: str) -> Iterator[Record | BadRow]:
+def _decode_lines(table: TableSpec, stream: IO[bytes], bad_lines: set[int]) -> Iterator[str]:
+    """Each physical line as text; the numbers of lines that are not UTF-8 are noted in bad_lines."""
+    for lineno, raw in enumerate(stream, 1):
+        if lineno == 1 and raw.startswith(_BOM):
+            raw = raw[3:]
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError:
+            bad_lines.add(lineno)
+            yield raw.decode("utf-8", errors="replace")
+
+
+def _delimited_fields(table: TableSpec, stream: IO[bytes], delimiter: str) -> Iterator[Fields | BadRow]:
     kind = "tab" if delimiter == "\t" else "comma"
     bad_lines: set[int] = set()
-    lines = _decode_lines(spec, stream, bad_lines)
-    reader = csv.reader((text for _, text in lines), delimiter=delimiter, strict=True)
+    quoting = csv.QUOTE_MINIMAL if table.quoting else csv.QUOTE_NONE
+    reader = csv.reader(_decode_lines(table, stream, bad_lines), delimiter=delimiter, strict=True, quoting=quoting)
     try:
-        header = next(reader)
+        first = next(reader)
     except StopIteration:
-        raise InputDataError(f"{spec.name}: empty file; expected a header line naming the columns") from None
+        if table.header == "sniff":
+            return
+        raise InputDataError(f"{table.name}: empty file; expected a header line naming the columns") from None
     except csv.Error as exc:
-        raise InputDataError(f"{spec.name}:1: unreadable header ({exc})") from None
-    if bad_lines:
-        raise InputDataError(f"{spec.name}:1: header is not valid UTF-8; {_CONVERT_HINT}")
-    text_index = _column_index(spec, header, spec.text_column, True)
-    id_index = _column_index(spec, header, spec.id_column, False) if spec.id_column else None
+        raise InputDataError(f"{table.name}:1: unreadable header ({exc})") from None
+    names = [name.strip() for name in first]
+    has_header = table.header == "required" or all(column in names for column in table.columns)
+    if has_header and bad_lines:
+        raise InputDataError(f"{table.name}:1: header is not valid UTF-8; {_CONVERT_HINT}")
+    if has_header:
+        indices = [_column_index(table, names, column, fix) for column, fix in zip(table.columns, table.fixes)]
+        width = len(first)
+    else:
+        indices, width = list(range(len(table.columns))), len(table.columns)
+    reasons = _RowReasons(kind, width, table.quoting)
+    yield from _delimited_rows(table, reader, bad_lines, indices, reasons, None if has_header else first)
+
+
+@dataclass(frozen=True)
+class _RowReasons:
+    kind: str
+    width: int
+    quoting: bool
+
+    def wrong_width(self, found: int) -> str:
+        fix = "; quote fields that contain the separator" if self.quoting else ""
+        return f"expected {self.width} {self.kind}-separated fields, found {found}{fix}"
+
+
+def _delimited_rows(
+    table: TableSpec, reader: Any, bad_lines: set[int], indices: list[int], reasons: _RowReasons, first: list[str] | None
+) -> Iterator[Fields | BadRow]:
+    id_index = indices[table.columns.index(table.id_column)] if table.id_column else None
     row = -1
-    last_line = reader.line_num
+    last_line = 0 if first is not None else reader.line_num
     while True:
         try:
-            fields = next(reader)
+            fields = first if first is not None else next(reader)
+            first = None
         except StopIteration:
             return
         except csv.Error as exc:
             row += 1
-            unknown_id = row if id_index is None else None
-            yield BadRow(row, f"{spec.name}:{reader.line_num}", unknown_id, f"malformed {kind}-separated row ({exc})")
+            where = f"{table.name}:{reader.line_num}"
+            yield BadRow(row, where, row if id_index is None else None, f"malformed {reasons.kind}-separated row ({exc})")
             last_line = reader.line_num
             continue
         first_line, last_line = last_line + 1, reader.line_num
         if not fields:
             continue  # a blank line
         row += 1
-        where = f"{spec.name}:{first_line}"
-        record_id: Any = row if id_index is None else (fields[id_index] if id_index < len(fields) else None)
+        where = f"{table.name}:{first_line}"
+        record_id = row if id_index is None else (fields[id_index] if id_index < len(fields) else None)
         if any(first_line <= n <= last_line for n in bad_lines):
             yield BadRow(row, where, record_id, f"not valid UTF-8; {_CONVERT_HINT}")
             bad_lines.difference_update(range(first_line, last_line + 1))
-            continue
-        if len(fields) != len(header):
-            yield BadRow(
-                row,
-                where,
-                record_id,
-                f"expected {len(header)} {kind}-separated fields, found {len(fields)}; "
-                "quote fields that contain the separator",
-            )
-            continue
-        yield Record(row, record_id, fields[text_index])
+        elif len(fields) != reasons.width:
+            yield BadRow(row, where, record_id, reasons.wrong_width(len(fields)))
+        else:
+            yield Fields(row, where, tuple(fields[i] for i in indices))
 
 
-def _column_index(spec: InputSpec, header: list[str], column: str | None, is_text: bool) -> int:
+def _column_index(table: TableSpec, header: list[str], column: str, fix: str) -> int:
     try:
         return header.index(column)
     except ValueError:
-        raise UsageError(_missing_column(spec.name, "column", column or "", header, is_text)) from None
+        raise UsageError(_missing_column(table.name, "column", column, header, fix)) from None
 
 
-def _missing_column(where: str, noun: str, column: str, present: list[str], is_text: bool) -> str:
-    flag = "--text-column" if is_text else "--id-column"
+def _missing_column(where: str, noun: str, column: str, present: list[str], fix: str) -> str:
     shown = ", ".join(present[:20]) or "none"
-    return f"{where}: no {noun} '{column}' (found: {shown}); pass {flag} NAME"
+    return f"{where}: no {noun} '{column}' (found: {shown}); pass {fix}"
 
 
-def _iter_parquet(spec: InputSpec, stream: IO[bytes]) -> Iterator[Record | BadRow]:
+def _parquet_fields(table: TableSpec, stream: IO[bytes], extent: Extent) -> Iterator[Fields | BadRow]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         parquet = pq.ParquetFile(stream)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise InputDataError(f"{spec.name}: not a readable Parquet file ({exc}); check --format") from None
-    names = parquet.schema_arrow.names
-    columns = [c for c in (spec.text_column, spec.id_column) if c is not None]
-    for column in columns:
-        if column not in names:
-            raise UsageError(_missing_column(spec.name, "column", column, names, column == spec.text_column))
-    text_type = parquet.schema_arrow.field(spec.text_column).type
-    if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type) or _is_string_view(pa, text_type)):
-        raise UsageError(
-            f"{spec.name}: column '{spec.text_column}' holds {text_type}, not strings; pass --text-column NAME"
-        )
+        raise InputDataError(f"{table.name}: not a readable Parquet file ({exc}); check --format") from None
+    _check_parquet_columns(table, parquet.schema_arrow)
+    done = [0]
+    extent.total, extent.unit, extent.position = parquet.metadata.num_rows, "rows", lambda: done[0]
     row = -1
     try:
-        for batch in parquet.iter_batches(batch_size=8192, columns=columns):
-            texts = batch.column(spec.text_column).to_pylist()
-            ids = batch.column(spec.id_column).to_pylist() if spec.id_column else None
-            for offset, text in enumerate(texts):
+        for batch in parquet.iter_batches(batch_size=8192, columns=list(dict.fromkeys(table.columns))):
+            for values in zip(*(batch.column(column).to_pylist() for column in table.columns)):
                 row += 1
-                where = f"{spec.name}: row {row}"
-                record_id = ids[offset] if ids is not None else row
-                if ids is not None:
-                    problem = _id_problem(record_id)
-                    if problem:
-                        yield BadRow(row, where, None, problem)
-                        continue
-                if text is None:
-                    yield BadRow(row, where, record_id, f"'{spec.text_column}' is null")
-                    continue
-                yield Record(row, record_id, text)
+                yield Fields(row, f"{table.name}: row {row}", values)
+            done[0] = row + 1
     except (pa.ArrowInvalid, OSError) as exc:
-        raise InputDataError(f"{spec.name}: unreadable Parquet data after row {row} ({exc})") from None
+        raise InputDataError(f"{table.name}: unreadable Parquet data after row {row} ({exc})") from None
 
 
-def _is_string_view(pa: Any, data_type: Any) -> bool:
-    check = getattr(pa.types, "is_string_view", None)
-    return bool(check and check(data_type))
+def _check_parquet_columns(table: TableSpec, schema: Any) -> None:
+    import pyarrow as pa
+
+    for column, fix in zip(table.columns, table.fixes):
+        if column not in schema.names:
+            raise UsageError(_missing_column(table.name, "column", column, schema.names, fix))
+        data_type = schema.field(column).type
+        string_view = getattr(pa.types, "is_string_view", lambda _: False)
+        is_text = pa.types.is_string(data_type) or pa.types.is_large_string(data_type) or string_view(data_type)
+        if column in table.string_columns and not is_text:
+            raise UsageError(f"{table.name}: column '{column}' holds {data_type}, not strings; pass {fix}")
 
 
 def _text_problem(column: str, value: Any) -> str | None:

@@ -140,8 +140,10 @@ class FakeEncoder:
     def __init__(self, dim: int = 4, max_length: int = 16) -> None:
         self.info = ModelInfo("fake", dim, "mean", False, max_length, "fp32", "cpu")
         self.batches: list[int] = []
+        self.tokenized: list[str] = []
 
     def tokenize(self, texts: list[str]) -> Tokenized:
+        self.tokenized += texts
         full = [[1] + [ord(ch) for ch in text] + [2] for text in texts]
         limit = self.info.max_length
         return Tokenized([ids if len(ids) <= limit else ids[: limit - 1] + [2] for ids in full], [len(ids) for ids in full])
@@ -162,13 +164,30 @@ def expected_fake_vectors(texts: list[str], dim: int = 4, max_length: int = 16) 
     return np.stack([fake_vector(ids, dim) for ids in encoder.tokenize(texts).ids])
 
 
+class FakeHandle:
+    """What open_model returns, for the fake: its info now, the encoder when a text must be encoded."""
+
+    directory = SAMPLE_DATA  # holds no model files: the fake's cache fingerprint is the same in every run
+
+    def __init__(self, encoder: FakeEncoder) -> None:
+        self.encoder = encoder
+        self.info = encoder.info
+        self.loads = 0
+
+    def load(self) -> FakeEncoder:
+        self.loads += 1
+        return self.encoder
+
+
 @pytest.fixture
 def fake_encoder(monkeypatch: pytest.MonkeyPatch) -> FakeEncoder:
     """Every CLI command in the test gets this encoder instead of loading a model."""
     import sbert_cli.encoder
 
     encoder = FakeEncoder()
-    monkeypatch.setattr(sbert_cli.encoder, "load_encoder", lambda *args, **kwargs: encoder)
+    handle = FakeHandle(encoder)
+    encoder.handle = handle  # type: ignore[attr-defined]
+    monkeypatch.setattr(sbert_cli.encoder, "open_model", lambda options: handle)
     return encoder
 
 
@@ -177,14 +196,14 @@ def fake_encoder(monkeypatch: pytest.MonkeyPatch) -> FakeEncoder:
 FAKE_CLI_CHILD = """
 import os, resource, sys, time
 import sbert_cli.encoder
-from tests.conftest import FakeEncoder
+from tests.conftest import FakeEncoder, FakeHandle
 
 class SlowFakeEncoder(FakeEncoder):
     def embed(self, ids):
         time.sleep(float(os.environ.get("FAKE_DELAY", "0")))
         return super().embed(ids)
 
-sbert_cli.encoder.load_encoder = lambda *a, **k: SlowFakeEncoder(dim=int(os.environ.get("FAKE_DIM", "4")))
+sbert_cli.encoder.open_model = lambda options: FakeHandle(SlowFakeEncoder(dim=int(os.environ.get("FAKE_DIM", "4"))))
 from sbert_cli.cli import app
 try:
     app(sys.argv[1:])

@@ -47,15 +47,25 @@ def reference(minilm_dir: Path) -> np.ndarray:
 @pytest.fixture
 def cached_loads(monkeypatch: pytest.MonkeyPatch):
     """Load each model once for the module's many invocations; the load path itself is tested in test_encoder."""
-    monkeypatch.setattr(sbert_cli.encoder, "load_encoder", _cached_load)
+    monkeypatch.setattr(sbert_cli.encoder, "open_model", _cached_open)
+
+
+class _LoadOnce:
+    def __init__(self, handle) -> None:
+        self.handle, self.info, self.directory, self._encoder = handle, handle.info, handle.directory, None
+
+    def load(self):
+        if self._encoder is None:
+            self._encoder = self.handle.load()
+        return self._encoder
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_load(model: str, **kwargs):
-    return _real_load(model, **kwargs)
+def _cached_open(options):
+    return _LoadOnce(_real_open(options))
 
 
-_real_load = sbert_cli.encoder.load_encoder
+_real_open = sbert_cli.encoder.open_model
 
 
 @pytest.mark.parametrize("output", ["parquet", "npy", "stdout"])
@@ -66,7 +76,7 @@ def test_encode_matches_sentence_transformers(
 ) -> None:
     path = write_tsv(tmp_path / "sentences.tsv") if fmt == "tsv" else SAMPLE_DATA / f"sentences.{fmt}"
     out = None if output == "stdout" else tmp_path / f"vectors.{output}"
-    args = ["encode", "-" if source == "stdin" else path, "-o", out or "-", "--model", minilm_dir, "--id-column", "id", "-q"]
+    args = ["encode", "-" if source == "stdin" else path, "-o", out or "-", "--model", minilm_dir, "--id-column", "id", "-q", "--precision", "fp32"]
     result = run(*args, "--batch-size", "7", input=path.read_bytes() if source == "stdin" else None)
     assert result.exit_code == 0, result.output
     ids, vectors = read_output(out, result.stdout)
@@ -121,7 +131,7 @@ def test_order_and_ids_survive_sorting_and_windows(tmp_path: Path, fake_encoder:
 
 def test_max_tokens_caps_padded_batch_size(tmp_path: Path, fake_encoder: FakeEncoder) -> None:
     source = tmp_path / "x.csv"
-    source.write_text("text\n" + "\n".join("字" * 14 for _ in range(20)) + "\n")  # 16 tokens each
+    source.write_text("text\n" + "\n".join("字" * 12 + f"{i:02d}" for i in range(20)) + "\n")  # 16 tokens each
     result = run("encode", source, "-o", tmp_path / "x.parquet", "--max-tokens", "64", "--batch-size", "32", "-q")
     assert result.exit_code == 0, result.output
     assert fake_encoder.batches == [4] * 5
@@ -143,7 +153,7 @@ def test_sim_matches_cosine_of_sentence_transformers(minilm_dir: Path, cached_lo
 
     a, b = "今天天气很好", "今天是晴天"
     expected = float(util.cos_sim(*SentenceTransformer(str(minilm_dir), device="cpu").encode([a, b]))[0][0])
-    result = run("sim", a, b, "--model", minilm_dir)
+    result = run("sim", a, b, "--model", minilm_dir, "--precision", "fp32")
     assert result.stdout.strip() == f"{expected:.4f}"
 
 
@@ -255,7 +265,7 @@ def test_evaluate_errors(tmp_path: Path, fake_encoder) -> None:
     bad.write_text("甲\t乙\t1\n甲\t乙\n", encoding="utf-8")
     result = run("evaluate", bad)
     assert result.exit_code == 1
-    assert error_of(result) == f"sbert: error: {bad}:2: expected 3 fields (sentence1, sentence2, label), found 2"
+    assert error_of(result) == f"sbert: error: {bad}:2: expected 3 tab-separated fields, found 2"
     bad.write_text("甲\t乙\thigh\n", encoding="utf-8")
     assert error_of(run("evaluate", bad)) == f"sbert: error: {bad}:1: label 'high' is not a number; the label is the last column"
     result = run("evaluate", SAMPLE_DATA / "pairs.tsv", "--columns", "a,b")

@@ -87,7 +87,7 @@ def test_stsb_dev_spearman_matches_sentence_transformers(minilm_dir: Path) -> No
     from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
 
     pairs = read_pairs(str(STSB_DEV))
-    ours = score_pair_sets([pairs], load_encoder(str(minilm_dir), device="cpu"))[0]
+    ours = score_pair_sets([pairs], load_encoder(str(minilm_dir), device="cpu", precision="fp32"))[0]
     evaluator = EmbeddingSimilarityEvaluator(pairs.first, pairs.second, pairs.labels.tolist(), batch_size=64, write_csv=False)
     theirs = evaluator(SentenceTransformer(str(minilm_dir), device="cpu"))
     key = next(k for k in theirs if k.endswith("spearman_cosine"))

@@ -96,7 +96,7 @@ def test_bad_rows_follow_on_error(local_ray, tmp_path: Path, tiny_model_dir: Pat
     skipped = run(*common, "-o", tmp_path / "skip-out", "--on-error", "skip")
     assert skipped.exit_code == 3, skipped.output
     assert sorted(read_dir(tmp_path / "skip-out")) == ["a", "e", "h"]
-    (rejects_file,) = (tmp_path / "skip-out" / "rejects").glob("*.rejects.jsonl")
+    (rejects_file,) = (tmp_path / "skip-out.sbert" / "rejects").glob("*.rejects.jsonl")
     rejects = [json.loads(line) for line in rejects_file.read_text(encoding="utf-8").splitlines()]
     assert rejects == [{**r, "where": r["where"].format(source)} for r in EXPECTED_REJECTS]
 
@@ -104,9 +104,10 @@ def test_bad_rows_follow_on_error(local_ray, tmp_path: Path, tiny_model_dir: Pat
 def test_too_many_workers_for_a_local_ray(tmp_path: Path, tiny_model_dir: Path) -> None:
     source = tmp_path / "in.jsonl"
     source.write_text('{"text": "好"}\n', encoding="utf-8")
+    from sbert_cli.job import RayOptions
     from sbert_cli.ray_engine import plan_resources
 
-    assert plan_resources(None, None, 1.0, 0.0, cores=2) == 1
+    assert plan_resources(RayOptions(), cores=2) == 1
     result = run("encode", source, "-o", tmp_path / "out", "--engine", "ray", "--workers", "2", "--model", tiny_model_dir)
     assert result.exit_code == 2
     assert error_of(result).startswith("sbert: error: --workers 2 x --cpus-per-worker 1 needs 3 CPUs with one for reading, and this machine has ")

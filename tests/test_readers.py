@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sbert_cli.errors import InputDataError, UsageError
-from sbert_cli.readers import BadRow, InputSpec, detect_format, iter_records, sniff_format
+from sbert_cli.readers import BadRow, InputSpec, detect_format, iter_rows, sniff_format, split_window
 from tests.conftest import SAMPLE_DATA, sample_texts
 
 FORMATS = {"csv": "sentences.csv", "jsonl": "sentences.jsonl", "parquet": "sentences.parquet"}
@@ -25,7 +25,11 @@ def write_tsv(path: Path) -> Path:
 
 
 def read_all(spec: InputSpec, bad: list[BadRow] | None = None):
-    return list(iter_records(spec, bad.append if bad is not None else None))
+    """The good rows, through the path encode takes: a bad row raises unless bad rows are collected."""
+    records, rejects = split_window(list(iter_rows(spec)), skip_bad_rows=bad is not None)
+    if bad is not None:
+        bad += rejects
+    return records
 
 
 def with_stdin(monkeypatch: pytest.MonkeyPatch, data: bytes) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from sbert_cli.shards import file_sha256
+from sbert_cli.manifest import DirectoryLayout, file_sha256
 from tests.conftest import FAKE_CLI_CHILD, ROOT, FakeEncoder, expected_fake_vectors
 from tests.test_cli import error_of, run
 
@@ -116,13 +116,17 @@ def read_shards(directory: Path) -> tuple[list, np.ndarray]:
     return table.column("id").to_pylist(), np.asarray(table.column("embedding").to_pylist(), dtype=np.float32)
 
 
+def manifest_path(directory: Path) -> Path:
+    return DirectoryLayout(directory).manifest
+
+
 def check_manifest(directory: Path) -> dict:
-    """Every shard the manifest lists exists with its checksum; no temporary file is left."""
-    manifest = json.loads((directory / "manifest.json").read_text())
+    """Every shard the manifest lists exists with its checksum; the directory holds nothing but shards."""
+    manifest = json.loads(manifest_path(directory).read_text())
     for entry in manifest["shards"]:
         assert file_sha256(directory / entry["file"]) == entry["sha256"]
         assert pq.read_metadata(directory / entry["file"]).num_rows == entry["rows"]
-    assert not [p.name for p in directory.iterdir() if ".sbert-tmp-" in p.name]
+    assert all(p.name.startswith("part-") and p.suffix == ".parquet" for p in directory.iterdir())
     return manifest
 
 
@@ -188,7 +192,7 @@ def wait_until(ready, child: subprocess.Popen, timeout: float = 60) -> None:
 def wait_for_shards(directory: Path, count: int, child: subprocess.Popen) -> None:
     def finished_enough() -> bool:
         try:
-            return len(json.loads((directory / "manifest.json").read_text())["shards"]) >= count
+            return len(json.loads(manifest_path(directory).read_text())["shards"]) >= count
         except (OSError, ValueError):
             return False
 
@@ -218,7 +222,6 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path: Path) -> Non
     child.wait()
     done_before = len(check_manifest(out)["shards"])
     assert 2 <= done_before < 6
-    assert (out / ".sbert.lock").exists()  # the killed run's lock is stale now
 
     resumed = subprocess.run([sys.executable, "-c", FAKE_CLI_CHILD, *map(str, args), "-o", out, "--resume"], cwd=ROOT, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
@@ -229,7 +232,6 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path: Path) -> Non
     whole_ids, whole_vectors = read_shards(tmp_path / "whole")
     assert ids == whole_ids == [f"r{i}" for i in range(600)]
     np.testing.assert_array_equal(vectors, whole_vectors)
-    assert not (out / ".sbert.lock").exists()
 
 
 @pytest.mark.slow
@@ -243,7 +245,6 @@ def test_sigterm_stops_cleanly_with_143(tmp_path: Path) -> None:
     manifest = check_manifest(out)
     assert manifest["complete"] is False and 1 <= len(manifest["shards"]) < 6
     assert sorted(p.name for p in out.glob("part-*")) == [s["file"] for s in manifest["shards"]]
-    assert not (out / ".sbert.lock").exists()
 
 
 @pytest.mark.slow
@@ -259,23 +260,35 @@ def test_a_signal_on_a_file_output_leaves_nothing(tmp_path: Path, signum: int) -
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
 
 
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from sbert_cli.lock import output_lock
+with output_lock(Path(sys.argv[1]), "held", remove=False):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
 def test_a_second_run_on_the_same_output_is_refused(tmp_path: Path, fake_encoder: FakeEncoder) -> None:
     source = tmp_path / "in.jsonl"
     write_texts(source, 10)
     out = tmp_path / "out.parquet"
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    lock = tmp_path / ".out.parquet.sbert.lock"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(lock)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
-        (tmp_path / ".out.parquet.sbert.lock").write_text(f"{holder.pid} {os.uname().nodename}\n")
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         result = run("encode", source, "-o", out)
         assert result.exit_code == 1
         assert error_of(result) == (
-            f"sbert: error: {out}: another sbert run (pid {holder.pid}) is writing this output; "
-            f"wait for it, or remove {tmp_path / '.out.parquet.sbert.lock'} if that process is gone"
+            f"sbert: error: {out}: another sbert run (pid {holder.pid} on {os.uname().nodename}) is writing this output; "
+            "wait for it to finish"
         )
     finally:
         holder.kill()
         holder.wait()
-    # The holder is gone: its lock is stale and the next run takes it over.
+    # The holder is gone, and the kernel dropped its lock with it: the next run needs no clean-up.
+    assert lock.exists()
     result = run("encode", source, "-o", out, "-q")
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.parquet"]

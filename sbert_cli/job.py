@@ -1,0 +1,142 @@
+"""What a run is asked to do, parsed and checked once into frozen objects that every stage and engine reads."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, get_args
+
+from sbert_cli.errors import OutputError, UsageError
+from sbert_cli.readers import STDIN, InputSpec, detect_format
+
+if TYPE_CHECKING:
+    from sbert_cli.batching import BatchPlan
+
+DEFAULT_MODEL = "DMetaSoul/sbert-chinese-general-v1"
+STDOUT = "-"
+
+# Fixed choices, declared once: the CLI offers exactly these and --help lists them.
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Dtype = Literal["float32", "float16"]
+OnError = Literal["fail", "skip"]
+Engine = Literal["local", "ray"]
+InputFormat = Literal["csv", "tsv", "jsonl", "parquet"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+OUTPUT_FORMATS = {".parquet": "parquet", ".npy": "npy", ".jsonl": "jsonl"}
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Which model, where and how precisely to run it; the vectors' length and normalisation."""
+
+    model: str = DEFAULT_MODEL
+    device: str = "auto"
+    precision: str = "auto"
+    max_length: int | None = None
+    normalize: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"--precision {self.precision}: expected one of {', '.join(PRECISIONS)}")
+
+
+@dataclass(frozen=True)
+class OutputTarget:
+    """Where vectors go: a file (.parquet, .npy, .jsonl), stdout ('-'), or a directory of Parquet shards."""
+
+    path: str
+    kind: str  # file | stdout | directory
+    format: str  # parquet | npy | jsonl
+    dtype: str = "float32"
+
+    @property
+    def rejects_path(self) -> str:
+        """out.parquet -> out.rejects.jsonl (a directory keeps its rejects in its state folder)."""
+        return str(Path(self.path).with_suffix(".rejects.jsonl"))
+
+    @property
+    def shown(self) -> str:
+        return "stdout" if self.kind == "stdout" else str(Path(self.path))
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where --engine ray runs and how its actors are sized."""
+
+    address: str | None = None
+    workers: int | None = None
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+
+
+@dataclass(frozen=True)
+class EncodeJob:
+    """One `sbert encode` run, checked on construction: what a user asked for that cannot work fails here."""
+
+    input: InputSpec
+    output: OutputTarget
+    model: ModelOptions
+    plan: BatchPlan
+    skip_bad_rows: bool = False
+    shard_rows: int = 100_000
+    resume: bool = False
+    with_stats: bool = False
+    cache: str | None = None
+    ray: RayOptions | None = None
+
+    def __post_init__(self) -> None:
+        output = self.output
+        if self.ray is not None:
+            if self.resume or self.with_stats or self.cache:
+                raise UsageError("--engine ray writes a fresh directory: --resume, --with-stats and --cache need --engine local")
+            if output.kind != "directory":
+                raise UsageError("--engine ray needs -o DIRECTORY for its Parquet shards")
+            return
+        if output.kind == "directory":
+            return
+        if self.resume:
+            raise UsageError("--resume needs -o DIRECTORY: only sharded output keeps a manifest to resume from")
+        if self.skip_bad_rows and output.kind == "stdout":
+            raise UsageError("--on-error skip needs an output file or directory to put the rejects beside; -o - has none")
+        if self.with_stats and output.format == "npy":
+            raise UsageError(f"{output.path}: --with-stats needs a .parquet or .jsonl output, which have room for the columns")
+        if output.kind == "file" and self.input.path != STDIN and Path(output.path).resolve() == Path(self.input.path).resolve():
+            raise UsageError(f"{output.path}: is the input file; pass another -o")
+
+
+def input_spec(path: str, format: str | None, text_column: str, id_column: str | None, several_files: bool) -> InputSpec:
+    """The input to read; for several files (--engine ray) each file's format is told from its own name later."""
+    if several_files:
+        return InputSpec(path, format or "auto", text_column, id_column)
+    spec = InputSpec(path, detect_format(path, format), text_column, id_column)
+    if path != STDIN and not Path(path).exists():
+        raise UsageError(f"{path}: no such file; check the path")
+    return spec
+
+
+def is_directory_output(path: str) -> bool:
+    """-o names a directory when it is one, ends in a slash, or has no extension."""
+    return path != STDOUT and (Path(path).is_dir() or path.endswith(("/", os.sep)) or not Path(path).suffix)
+
+
+def output_target(output: str | None, input_path: str, dtype: str) -> OutputTarget:
+    """Check -o and pick its kind and format: the default is <input stem>.embeddings.parquet beside the input."""
+    if output is None:
+        if input_path == STDIN:
+            raise UsageError("reading stdin needs -o: a .parquet, .npy or .jsonl file, or - for JSON lines on stdout")
+        source = Path(input_path)
+        output = str(source.with_name(f"{source.stem}.embeddings.parquet"))
+    if output == STDOUT:
+        return OutputTarget(output, "stdout", "jsonl", dtype)
+    if is_directory_output(output):
+        return OutputTarget(str(Path(output)), "directory", "parquet", dtype)
+    path = Path(output)
+    suffix = path.suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise UsageError(f"{output}: unknown output extension '{suffix}'; use .parquet, .npy or .jsonl, or -o - for stdout")
+    if not path.parent.is_dir():
+        raise UsageError(f"{output}: directory '{path.parent}' does not exist; create it first")
+    if not os.access(path.parent, os.W_OK):
+        raise OutputError(f"{output}: directory '{path.parent}' is not writable")
+    return OutputTarget(output, "file", OUTPUT_FORMATS[suffix], dtype)

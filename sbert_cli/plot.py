@@ -1,0 +1,65 @@
+"""`evaluate --plot`: cosine against gold label, one panel per set, written as a PNG (the optional `plot` extra)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sbert_cli.errors import UsageError
+from sbert_cli.evaluate import PairScore
+from sbert_cli.writers import output_errors, temporary_path
+
+_PROBE = "中文"
+
+
+def plot_scores(scores: Sequence[PairScore], path: str) -> str | None:
+    """Write the scatter plots to `path`; returns a note for stderr when set names had to be replaced."""
+    if Path(path).suffix.lower() != ".png":
+        raise UsageError(f"--plot {path}: name a .png file")
+    if not Path(path).parent.is_dir():
+        raise UsageError(f"--plot {path}: directory '{Path(path).parent}' does not exist; create it first")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UsageError("--plot needs matplotlib: pip install 'sbert-cli[plot]'") from None
+    font = cjk_font()
+    legible = font is not None or all(score.name.isascii() for score in scores)
+    names = [score.name if legible else f"set {index}" for index, score in enumerate(scores, 1)]
+    figure, axes = plt.subplots(1, len(scores), figsize=(4.2 * len(scores), 4), squeeze=False)
+    for axis, score, name in zip(axes[0], scores, names):
+        axis.scatter(score.labels, score.cosines, s=6, alpha=0.35)
+        title = f"{name}\nSpearman {score.spearman:.2f} ({score.pairs} pairs)"
+        axis.set_title(title, fontproperties=font) if font is not None else axis.set_title(title)
+        axis.set_xlabel("gold label")
+        axis.set_ylabel("cosine")
+    figure.tight_layout()
+    temp = temporary_path(path)
+    with output_errors(path):
+        figure.savefig(temp, dpi=110, format="png")
+        os.replace(temp, path)
+    plt.close(figure)
+    if legible:
+        return None
+    listed = "; ".join(f"set {index} = {score.name}" for index, score in enumerate(scores, 1))
+    return f"no CJK font is installed, so the plot names sets by number ({listed}); install one, e.g. fonts-noto-cjk"
+
+
+def cjk_font() -> Any:
+    """FontProperties of an installed font that draws Chinese, or None; matplotlib's default draws boxes."""
+    from matplotlib import font_manager, ft2font
+
+    preferred = ("Noto Sans CJK", "Noto Sans SC", "Source Han Sans", "WenQuanYi", "Droid Sans Fallback", "AR PL", "SimHei", "Microsoft YaHei", "PingFang")
+    fonts = sorted(font_manager.fontManager.ttflist, key=lambda entry: not entry.name.startswith(preferred))
+    for entry in fonts:
+        try:
+            charmap = ft2font.FT2Font(entry.fname).get_charmap()
+        except (OSError, RuntimeError, ValueError):
+            continue
+        if all(ord(char) in charmap for char in _PROBE):
+            return font_manager.FontProperties(fname=entry.fname)
+    return None

@@ -1,0 +1,60 @@
+"""The progress bar on stderr: a percentage and ETA when the input's size is known, rows and rows/s always."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any
+
+from sbert_cli.readers import Extent
+
+
+class ProgressBar:
+    """tqdm, opened at the first batch (when the reader knows the input's size) and advanced after each batch.
+
+    A text file is measured in bytes read, as sqlite-utils does; a Parquet file in rows from its metadata;
+    stdin has no size, so it shows rows and rows/s only. tqdm redraws at most ten times a second.
+    """
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.rows = 0
+        self._bar: Any = None
+        self._bytes = False
+
+    def advance(self, rows: int, position: int | None, extent: Extent) -> None:
+        if self._bar is None:
+            self._open(extent, position)
+        self.rows += rows
+        if self._bytes and position is not None:
+            self._bar.update(position - self._bar.n)
+            self._bar.set_postfix_str(f"{self.rows} rows", refresh=False)
+        else:
+            self._bar.update(rows)
+
+    def _open(self, extent: Extent, position: int | None) -> None:
+        from tqdm import tqdm
+
+        self._bytes = extent.unit == "bytes" and extent.total is not None and position is not None
+        total = extent.total if (self._bytes or extent.unit == "rows") else None
+        unit = "B" if self._bytes else " rows"
+        self._bar = tqdm(total=total, unit=unit, unit_scale=self._bytes, file=self.stream, dynamic_ncols=True, smoothing=0.1, mininterval=0.1)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+@contextmanager
+def progress_bar(quiet: bool, stream: IO[str] | None = None) -> Iterator[ProgressBar | None]:
+    """A bar only when a person is watching stderr, and never with --quiet."""
+    stream = stream or sys.stderr
+    if quiet or not stream.isatty():
+        yield None
+        return
+    bar = ProgressBar(stream)
+    try:
+        yield bar
+    finally:
+        bar.close()

@@ -1,0 +1,102 @@
+"""What the commands print: run summaries, stage timings and tables measured in display columns (CJK is two wide)."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sbert_cli.cache import ProfileSummary
+    from sbert_cli.encoder import ModelInfo
+    from sbert_cli.evaluate import PairScore, WorstPair
+    from sbert_cli.pipeline import EncodeStats
+
+
+def summary_line(stats: EncodeStats, info: ModelInfo, where: str, rejects: str, sharded: bool, cached: bool) -> str:
+    """One line on stderr after an encode run: what was written, from where, how fast."""
+    parts = [f"sbert: {stats.rows} rows"]
+    if stats.rejected:
+        parts.append(f"{stats.rejected} rejected -> {rejects}")
+    if sharded:
+        parts.append(f"{stats.shards_written} shards encoded, {stats.shards_resumed} already done ({stats.resumed_rows} rows)")
+    if cached:
+        parts.append(f"{stats.cached} from the cache, {stats.encoded} encoded")
+    parts += [
+        f"dim {info.dim}",
+        f"{info.precision} on {info.device}",
+        f"{stats.seconds:.1f} s",
+        f"{stats.rows_per_second:.1f} rows/s",
+        f"{stats.truncated} truncated to {info.max_length} tokens -> {where}",
+    ]
+    return ", ".join(parts)
+
+
+def timings_line(stats: EncodeStats) -> str:
+    """--verbose: where the time went and how much of the work was padding, for tuning a run."""
+    stages = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in stats.stage_seconds.items())
+    padding = stats.padded_tokens / stats.real_tokens if stats.real_tokens else 1.0
+    forward = stats.stage_seconds["forward"]
+    rate = stats.real_tokens / forward if forward > 0 else 0.0
+    return (
+        f"sbert: stages (overlapping threads): {stages}; model load {stats.load_seconds:.1f} s; "
+        f"{stats.encoded} texts encoded, {stats.repeated} repeats reused; {stats.real_tokens} real tokens "
+        f"in {stats.batches} batches, padding {padding:.2f}x, {rate:.0f} tokens/s"
+    )
+
+
+def render_table(header: Sequence[str], rows: Sequence[Sequence[str]], terminal: bool) -> str:
+    """A rich table on a terminal; elsewhere a Markdown table, aligned in display columns, to paste in a model card.
+
+    Columns after the first are right-aligned, as numbers are.
+    """
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=box.ROUNDED if terminal else box.MARKDOWN, show_header=True, header_style="bold" if terminal else None)
+    for index, name in enumerate(header):
+        table.add_column(name, justify="left" if index == 0 else "right", no_wrap=not terminal)
+    for row in rows:
+        table.add_row(*row)
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=None if terminal else 10_000, force_terminal=terminal, color_system="auto" if terminal else None)
+    console.print(table)
+    lines = [line.rstrip() for line in buffer.getvalue().splitlines()]
+    return "\n".join(line for line in lines if line.strip())
+
+
+def scores_table(scores: Sequence[PairScore], terminal: bool) -> str:
+    return render_table(
+        ["", *(score.name for score in scores)],
+        [
+            ["spearman", *(f"{score.spearman:.2f}" for score in scores)],
+            ["pearson", *(f"{score.pearson:.2f}" for score in scores)],
+            ["pairs", *(str(score.pairs) for score in scores)],
+        ],
+        terminal,
+    )
+
+
+def worst_table(name: str, pairs: Sequence[WorstPair], terminal: bool) -> str:
+    rows = [[pair.first, pair.second, f"{pair.label:g}", f"{pair.cosine:.4f}", f"{pair.rank_gap:.0f}"] for pair in pairs]
+    return f"worst pairs of {name}:\n" + render_table(["sentence1", "sentence2", "label", "cosine", "rank gap"], rows, terminal)
+
+
+def cache_table(path: str, size: int, profiles: Sequence[ProfileSummary], terminal: bool) -> str:
+    rows = [
+        [
+            profile.model,
+            str(profile.description["precision"]),
+            str(profile.description["max_length"]),
+            f"{profile.description['pooling']}{', normalized' if profile.description['normalize'] else ''}",
+            str(profile.vectors),
+            f"{profile.bytes / 2**20:.1f}",
+            time.strftime("%Y-%m-%d", time.localtime(profile.used)),
+        ]
+        for profile in profiles
+    ]
+    total = sum(profile.vectors for profile in profiles)
+    table = render_table(["model", "precision", "max length", "pooling", "vectors", "MiB", "last used"], rows, terminal)
+    return f"{path}: {total} vectors, {size / 2**20:.1f} MiB on disk\n{table}"

@@ -1,0 +1,197 @@
+"""Where a run's vectors go: one protocol, a sink for a single output and one for a directory of shards."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from sbert_cli.encoder import ModelInfo
+from sbert_cli.job import EncodeJob
+from sbert_cli.lock import output_lock
+from sbert_cli.manifest import DirectoryLayout, Manifest, ShardEntry, file_sha256, identify_input, prepare_directory, save_manifest
+from sbert_cli.readers import BadRow, Record
+from sbert_cli.writers import WRITERS, EmbeddingWriter, ParquetWriter, RejectsWriter, WriterSpec, output_errors
+
+
+class Sink(Protocol):
+    """A run's output, written shard by shard (a single output file is one shard); nothing shows until finish()."""
+
+    done: frozenset[int]  # shards an earlier run finished (--resume): the pipeline reads past them
+    complete: bool  # an earlier run finished everything: there is nothing to do
+    rejects_shown: str  # where bad rows go, for the summary
+
+    def shard_of(self, row: int) -> int: ...
+
+    def start_shard(self, index: int) -> None: ...
+
+    def write(self, records: list[Record], vectors: np.ndarray, n_tokens: list[int]) -> None: ...
+
+    def reject(self, rows: list[BadRow]) -> None: ...
+
+    def finish_shard(self) -> None: ...
+
+    def finish(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+def describe_vectors(info: ModelInfo, dtype: str) -> dict[str, str]:
+    """The Parquet schema metadata saying what the vectors are."""
+    from sbert_cli import __version__
+
+    return {
+        "sbert.model": info.name,
+        "sbert.dim": str(info.dim),
+        "sbert.pooling": info.pooling,
+        "sbert.normalize": str(info.normalize).lower(),
+        "sbert.max_length": str(info.max_length),
+        "sbert.precision": info.precision,
+        "sbert.dtype": dtype,
+        "sbert.version": __version__,
+    }
+
+
+def run_options(job: EncodeJob, info: ModelInfo) -> dict[str, Any]:
+    """What a resumed run must share with the run that started a directory (the manifest's options)."""
+    return {
+        "model": info.name, "dim": info.dim, "pooling": info.pooling, "normalize": info.normalize,
+        "max_length": info.max_length, "precision": info.precision, "format": job.input.format,
+        "text_column": job.input.text_column, "id_column": job.input.id_column, "dtype": job.output.dtype,
+        "shard_rows": job.shard_rows, "on_error": "skip" if job.skip_bad_rows else "fail", "with_stats": job.with_stats,
+    }
+
+
+@contextmanager
+def open_sink(job: EncodeJob, info: ModelInfo) -> Iterator[Sink]:
+    """The job's sink, with its output locked against a second run; on any failure the sink is aborted."""
+    output = job.output
+    stats_length = info.max_length if job.with_stats else None
+    spec = WriterSpec(output.path, info.dim, describe_vectors(info, output.dtype), output.dtype, stats_length)
+    if output.kind == "stdout":
+        yield from _guarded(FileSink(spec, output.format, None))
+        return
+    if output.kind == "file":
+        path = Path(output.path)
+        with output_lock(path.with_name(f".{path.name}.sbert.lock"), output.path, remove=True):
+            yield from _guarded(FileSink(spec, output.format, RejectsWriter(output.rejects_path)))
+        return
+    layout = DirectoryLayout(Path(output.path))
+    with output_errors(output.path):
+        layout.state.mkdir(parents=True, exist_ok=True)
+    with output_lock(layout.lock, str(layout.data), remove=False):
+        with output_errors(output.path):
+            layout.data.mkdir(parents=True, exist_ok=True)
+        manifest = prepare_directory(layout, identify_input(job.input.path), run_options(job, info), job.resume)
+        yield from _guarded(ShardedSink(layout, manifest, job.shard_rows, replace(spec, temp_dir=layout.state)))
+
+
+def _guarded(sink: Sink) -> Iterator[Sink]:
+    try:
+        yield sink
+    except BaseException:
+        sink.abort()
+        raise
+
+
+class FileSink:
+    """One output file or stdout (plus its rejects file): the whole input is a single shard."""
+
+    done: frozenset[int] = frozenset()
+    complete = False
+
+    def __init__(self, spec: WriterSpec, format: str, rejects: RejectsWriter | None) -> None:
+        self.writer: EmbeddingWriter = WRITERS[format](spec)
+        self.rejects = rejects
+        self.rejects_shown = rejects.path if rejects is not None else ""
+
+    def shard_of(self, row: int) -> int:
+        return 0
+
+    def start_shard(self, index: int) -> None:
+        pass
+
+    def finish_shard(self) -> None:
+        pass
+
+    def write(self, records: list[Record], vectors: np.ndarray, n_tokens: list[int]) -> None:
+        self.writer.write([record.id for record in records], vectors, n_tokens)
+
+    def reject(self, rows: list[BadRow]) -> None:
+        if rows:
+            if self.rejects is None:
+                raise RuntimeError("bad rows reached a sink that was given no rejects file")
+            self.rejects.add(rows)
+
+    def finish(self) -> None:
+        self.writer.finish()
+        if self.rejects is not None:
+            self.rejects.finish()
+
+    def abort(self) -> None:
+        self.writer.abort()
+        if self.rejects is not None:
+            self.rejects.abort()
+
+
+class ShardedSink:
+    """Writes each shard under a temporary name, renames it into place when complete, then records it in the manifest."""
+
+    def __init__(self, layout: DirectoryLayout, manifest: Manifest, shard_rows: int, spec: WriterSpec) -> None:
+        self.layout = layout
+        self.manifest = manifest
+        self.shard_rows = shard_rows
+        self.spec = spec
+        self.done = frozenset(entry.first_row // shard_rows for entry in manifest.shards)
+        self.complete = manifest.complete
+        self.rejects_shown = f"{layout.rejects}/"
+        self._index: int | None = None
+        self._writer: ParquetWriter | None = None
+        self._rejects: RejectsWriter | None = None
+        self._rows_seen = 0
+
+    def shard_of(self, row: int) -> int:
+        return row // self.shard_rows
+
+    def start_shard(self, index: int) -> None:
+        self._index = index
+        self._rows_seen = 0
+        self._writer = ParquetWriter(replace(self.spec, path=str(self.layout.shard(index))))
+        self._rejects = RejectsWriter(str(self.layout.shard_rejects(index)), self.layout.state)
+
+    def write(self, records: list[Record], vectors: np.ndarray, n_tokens: list[int]) -> None:
+        assert self._writer is not None
+        self._writer.write([record.id for record in records], vectors, n_tokens)
+        self._rows_seen += len(records)
+
+    def reject(self, rows: list[BadRow]) -> None:
+        assert self._rejects is not None
+        self._rejects.add(rows)
+        self._rows_seen += len(rows)
+
+    def finish_shard(self) -> None:
+        assert self._writer is not None and self._rejects is not None and self._index is not None
+        self._writer.finish()
+        self._rejects.finish()
+        path = Path(self._writer.spec.path)
+        first = self._index * self.shard_rows
+        rejects_file = str(Path(self._rejects.path).relative_to(self.layout.state)) if self._rejects.count else None
+        entry = ShardEntry(path.name, first, first + self._rows_seen, self._writer.rows, self._rejects.count, file_sha256(path), rejects_file)
+        self.manifest.shards = sorted([*self.manifest.shards, entry], key=lambda shard: shard.first_row)
+        save_manifest(self.layout, self.manifest)
+        self._writer = self._rejects = None
+
+    def finish(self) -> None:
+        self.manifest.complete = True
+        save_manifest(self.layout, self.manifest)
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.abort()
+        if self._rejects is not None:
+            self._rejects.abort()
+        self._writer = self._rejects = None
