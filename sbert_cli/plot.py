@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from sbert_cli.errors import UsageError
 from sbert_cli.evaluate import PairScore
 from sbert_cli.writers import output_errors, temporary_path
@@ -31,8 +33,11 @@ def plot_scores(scores: Sequence[PairScore], path: str) -> str | None:
     legible = font is not None or all(score.name.isascii() for score in scores)
     names = [score.name if legible else f"set {index}" for index, score in enumerate(scores, 1)]
     figure, axes = plt.subplots(1, len(scores), figsize=(4.2 * len(scores), 4), squeeze=False)
+    jitter = np.random.default_rng(0)
     for axis, score, name in zip(axes[0], scores, names):
-        axis.scatter(score.labels, score.cosines, s=6, alpha=0.35)
+        levels = np.unique(score.labels)
+        spread = 0.3 * float(np.min(np.diff(levels))) if 1 < len(levels) <= 10 else 0.0  # discrete labels: spread the columns
+        axis.scatter(score.labels + jitter.uniform(-spread / 2, spread / 2, len(score.labels)), score.cosines, s=6, alpha=0.35)
         title = f"{name}\nSpearman {score.spearman:.2f} ({score.pairs} pairs)"
         axis.set_title(title, fontproperties=font) if font is not None else axis.set_title(title)
         axis.set_xlabel("gold label")
@@ -60,6 +65,9 @@ def cjk_font() -> Any:
             charmap = ft2font.FT2Font(entry.fname).get_charmap()
         except (OSError, RuntimeError, ValueError):
             continue
-        if all(ord(char) in charmap for char in _PROBE):
-            return font_manager.FontProperties(fname=entry.fname)
+        glyphs = {charmap.get(ord(char)) for char in _PROBE}
+        # A real CJK font draws each character its own way; a fallback font (matplotlib ships
+        # "Last Resort") maps a whole block to one box.
+        if None not in glyphs and len(glyphs) == len(_PROBE):
+            return font_manager.FontProperties(fname=entry.fname, size=11)
     return None

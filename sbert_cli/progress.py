@@ -28,8 +28,10 @@ class ProgressBar:
             self._open(extent, position)
         self.rows += rows
         if self._bytes and position is not None:
+            elapsed = self._bar.format_dict["elapsed"]
+            rate = f", {self.rows / elapsed:.1f} rows/s" if elapsed > 0 else ""
+            self._bar.set_postfix_str(f"{self.rows} rows{rate}", refresh=False)
             self._bar.update(position - self._bar.n)
-            self._bar.set_postfix_str(f"{self.rows} rows", refresh=False)
         else:
             self._bar.update(rows)
 

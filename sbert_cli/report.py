@@ -46,10 +46,10 @@ def timings_line(stats: EncodeStats) -> str:
     )
 
 
-def render_table(header: Sequence[str], rows: Sequence[Sequence[str]], terminal: bool) -> str:
+def render_table(header: Sequence[str], rows: Sequence[Sequence[str]], terminal: bool, text_columns: int = 1) -> str:
     """A rich table on a terminal; elsewhere a Markdown table, aligned in display columns, to paste in a model card.
 
-    Columns after the first are right-aligned, as numbers are.
+    The first `text_columns` are left-aligned; the rest hold numbers and are right-aligned.
     """
     from rich import box
     from rich.console import Console
@@ -57,7 +57,7 @@ def render_table(header: Sequence[str], rows: Sequence[Sequence[str]], terminal:
 
     table = Table(box=box.ROUNDED if terminal else box.MARKDOWN, show_header=True, header_style="bold" if terminal else None)
     for index, name in enumerate(header):
-        table.add_column(name, justify="left" if index == 0 else "right", no_wrap=not terminal)
+        table.add_column(name, justify="left" if index < text_columns else "right", no_wrap=not terminal)
     for row in rows:
         table.add_row(*row)
     buffer = io.StringIO()
@@ -81,7 +81,7 @@ def scores_table(scores: Sequence[PairScore], terminal: bool) -> str:
 
 def worst_table(name: str, pairs: Sequence[WorstPair], terminal: bool) -> str:
     rows = [[pair.first, pair.second, f"{pair.label:g}", f"{pair.cosine:.4f}", f"{pair.rank_gap:.0f}"] for pair in pairs]
-    return f"worst pairs of {name}:\n" + render_table(["sentence1", "sentence2", "label", "cosine", "rank gap"], rows, terminal)
+    return f"worst pairs of {name}:\n" + render_table(["sentence1", "sentence2", "label", "cosine", "rank gap"], rows, terminal, text_columns=2)
 
 
 def cache_table(path: str, size: int, profiles: Sequence[ProfileSummary], terminal: bool) -> str:
@@ -98,5 +98,5 @@ def cache_table(path: str, size: int, profiles: Sequence[ProfileSummary], termin
         for profile in profiles
     ]
     total = sum(profile.vectors for profile in profiles)
-    table = render_table(["model", "precision", "max length", "pooling", "vectors", "MiB", "last used"], rows, terminal)
+    table = render_table(["model", "precision", "max length", "pooling", "vectors", "MiB", "last used"], rows, terminal, text_columns=4)
     return f"{path}: {total} vectors, {size / 2**20:.1f} MiB on disk\n{table}"

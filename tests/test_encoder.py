@@ -244,3 +244,36 @@ def test_out_of_memory_splits_the_batch_and_retries(tiny_model_dir: Path, monkey
         monkeypatch.setattr(encoder, "_embed_once", lambda batch: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("oom")))
         encoder.embed(ids[:1])
     assert str(error.value) == f"CUDA out of memory on a single text of {len(ids[0])} tokens; pass --max-length lower"
+
+
+class _RunsCode:
+    """A pickle payload: unpickling it runs a shell command."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (self.command,))
+
+
+def test_a_pickle_that_runs_code_is_refused_in_one_line(tmp_path: Path, tiny_model_dir: Path) -> None:
+    import shutil
+
+    import torch
+
+    from tests.test_cli import error_of, run
+
+    model_dir = tmp_path / "tampered"
+    shutil.copytree(tiny_model_dir, model_dir)
+    (model_dir / "model.safetensors").unlink()
+    marker = tmp_path / "payload-ran"
+    torch.save({"embeddings.word_embeddings.weight": torch.zeros(1), "x": _RunsCode(f"touch {marker}")}, model_dir / "pytorch_model.bin")
+    result = run("sim", "甲", "乙", "--model", model_dir)
+    assert result.exit_code == 1
+    assert error_of(result) == (
+        f"sbert: error: {model_dir}: pytorch_model.bin holds pickled code objects besides tensors, and sbert loads "
+        "weights only; get model.safetensors from a source you trust"
+    )
+    assert not marker.exists()

@@ -13,6 +13,7 @@ import pytest
 from sbert_cli.similarity import cosine_rows
 from tests.conftest import sample_texts
 from tests.test_cli import error_of, run
+from tests.test_datasets import assert_readers_see
 from tests.test_unattended import EXPECTED_REJECTS, MIXED_LINES
 
 pytestmark = pytest.mark.ray
@@ -95,7 +96,9 @@ def test_bad_rows_follow_on_error(local_ray, tmp_path: Path, tiny_model_dir: Pat
     assert error_of(failed) == f"sbert: error: {source}:2: 'text' is null"
     skipped = run(*common, "-o", tmp_path / "skip-out", "--on-error", "skip")
     assert skipped.exit_code == 3, skipped.output
-    assert sorted(read_dir(tmp_path / "skip-out")) == ["a", "e", "h"]
+    written = read_dir(tmp_path / "skip-out")
+    assert sorted(written) == ["a", "e", "h"]
+    assert_readers_see(tmp_path / "skip-out", list(written), np.stack(list(written.values())))
     (rejects_file,) = (tmp_path / "skip-out.sbert" / "rejects").glob("*.rejects.jsonl")
     rejects = [json.loads(line) for line in rejects_file.read_text(encoding="utf-8").splitlines()]
     assert rejects == [{**r, "where": r["where"].format(source)} for r in EXPECTED_REJECTS]
