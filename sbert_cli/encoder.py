@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,7 @@ class ModelHandle:
     directory: Path
     layout: ModelLayout
     info: ModelInfo
+    config: dict[str, Any]  # the transformer's config.json
 
     def load(self) -> Encoder:
         return TransformerEncoder(self)
@@ -94,7 +96,7 @@ def open_model(options: ModelOptions) -> ModelHandle:
         precision=pick_precision(options.precision, device),
         device=device,
     )
-    return ModelHandle(directory, layout, info)
+    return ModelHandle(directory, layout, info, config)
 
 
 def load_encoder(
@@ -265,31 +267,84 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _load_pretrained(source: Path) -> tuple[Any, Any]:
-    """Tokenizer and model from a directory, weights only; a failure is one line naming the directory."""
+_PICKLE_REFUSED = (
+    "pytorch_model.bin holds pickled code objects besides tensors, and sbert loads weights only; "
+    "get model.safetensors from a source you trust"
+)
+
+
+def _load_tokenizer(source: Path) -> Any:
     import transformers
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoTokenizer
 
     # Load notes (an unused pooler) and weight-loading bars are not the user's business.
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     try:
-        return (
-            AutoTokenizer.from_pretrained(str(source), trust_remote_code=False),
-            AutoModel.from_pretrained(str(source), trust_remote_code=False),
-        )
-    except pickle.UnpicklingError:
-        # torch refused a pickle that calls code; its message ends by suggesting to allow that. Never.
-        raise ModelError(
-            f"{source}: pytorch_model.bin holds pickled code objects besides tensors, and sbert loads weights only; "
-            "get model.safetensors from a source you trust"
-        ) from None
+        return AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
     except Exception as exc:  # transformers raises OSError, ValueError, KeyError... for a bad directory
         raise ModelError(f"cannot load model from {source}: {first_line(exc)}") from None
 
 
+def _load_model(source: Path) -> Any:
+    """A transformers model, weights only; a failure is one line naming the directory."""
+    from transformers import AutoModel
+
+    try:
+        return AutoModel.from_pretrained(str(source), trust_remote_code=False).eval()
+    except pickle.UnpicklingError:
+        # torch refused a pickle that calls code; its message ends by suggesting to allow that. Never.
+        raise ModelError(f"{source}: {_PICKLE_REFUSED}") from None
+    except Exception as exc:
+        raise ModelError(f"cannot load model from {source}: {first_line(exc)}") from None
+
+
+def _read_weights(source: Path) -> Any:
+    """The checkpoint's tensors by name, without building a transformers model (None: let transformers load it)."""
+    import torch
+
+    if (source / "model.safetensors").is_file():
+        return _Safetensors(source / "model.safetensors")
+    checkpoint = source / "pytorch_model.bin"
+    if not checkpoint.is_file():
+        return None  # sharded or unusual checkpoints
+    try:
+        try:
+            return torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # saved in torch's legacy format, which cannot be memory-mapped
+            return torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ModelError(f"{source}: {_PICKLE_REFUSED}") from None
+
+
+class _Safetensors(Mapping[str, Any]):
+    """A safetensors file's tensors, each read when asked for: packing copies the weights one at a time,
+    so the checkpoint and its packed copy are never both in memory."""
+
+    def __init__(self, path: Path) -> None:
+        from safetensors import safe_open
+
+        self._file = safe_open(str(path), framework="pt")
+        self._names = list(self._file.keys())
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._names:
+            raise KeyError(name)
+        return self._file.get_tensor(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
 class TransformerEncoder:
-    """A transformers model plus pooling, fed with pre-tokenized, length-sorted batches."""
+    """A transformers model plus pooling, fed with pre-tokenized, length-sorted batches.
+
+    On a CPU, a BERT checkpoint runs through kernels.FusedBert straight from its weights: no transformers
+    model is built, which also skips most of transformers' import time.
+    """
 
     def __init__(self, handle: ModelHandle) -> None:
         import torch
@@ -299,26 +354,35 @@ class TransformerEncoder:
         self.device = torch.device(handle.info.device)
         if self.device.type == "cpu":
             torch.set_num_threads(available_cores())
-        self.tokenizer, model = _load_pretrained(handle.layout.transformer_dir)
-        self.config = model.config
+        source = handle.layout.transformer_dir
+        self.tokenizer = _load_tokenizer(source)
         self.lower_case = handle.layout.do_lower_case
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self._prefix, self._suffix = self._special_token_split()
-        self.model, self._fused = self._place(model.eval())
-
-    def _place(self, model: Any) -> tuple[Any, Any]:
-        """The model on its device in its precision: weights cast once, never per batch."""
-        torch = self._torch
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.info.precision]
-        if self.device.type == "cuda":
-            return model.to(dtype).to(self.device), None
+        self._fused = self._fused_forward(handle, dtype) if self.device.type == "cpu" else None
+        self.model = None if self._fused is not None else self._placed(_load_model(source), dtype)
+
+    def _fused_forward(self, handle: ModelHandle, dtype: Any) -> Any:
         from sbert_cli.kernels import FusedBert, fused_bert_supported
 
-        if fused_bert_supported(model, dtype):
-            with torch.inference_mode():
-                return None, FusedBert(model, dtype)  # the packed copy replaces the model's own weights
+        if not fused_bert_supported(handle.config, dtype):
+            return None
+        weights = _read_weights(handle.layout.transformer_dir)
+        if weights is None:
+            return None
+        try:
+            with self._torch.inference_mode():
+                return FusedBert(weights, handle.config, dtype)
+        except KeyError:  # not the weights a BERT encoder has: transformers knows this checkpoint better
+            return None
+
+    def _placed(self, model: Any, dtype: Any) -> Any:
+        """The model on its device in its precision: weights cast once, never per batch."""
+        if self.device.type == "cuda":
+            return model.to(dtype).to(self.device)
         # fp16 has few CPU kernels: autocast keeps the weights and runs what it can in fp16.
-        return (model if dtype == torch.float16 else model.to(dtype)), None
+        return model if dtype == self._torch.float16 else model.to(dtype)
 
     def _special_token_split(self) -> tuple[int, int] | tuple[None, None]:
         """How many special tokens the tokenizer puts before and after a single text ([CLS] x [SEP]: 1, 1)."""
