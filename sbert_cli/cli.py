@@ -15,7 +15,8 @@ from typer.core import TyperGroup
 
 from sbert_cli import __version__
 from sbert_cli.errors import EXIT_WITH_REJECTS, SbertError, UsageError
-from sbert_cli.job import DEFAULT_MODEL, Dtype, EncodeJob, Engine, InputFormat, ModelOptions, OnError, Precision
+from sbert_cli.job import DEFAULT_MODEL, Dtype, EncodeJob, Engine, ModelOptions, OnError, Precision
+from sbert_cli.readers import InputFormat
 
 if TYPE_CHECKING:
     from sbert_cli.cache import VectorCache
@@ -161,7 +162,8 @@ def _encode_locally(job: EncodeJob, quiet: bool, verbose: bool) -> int:
         return 0
     if not quiet:
         sharded = job.output.kind == "directory"
-        typer.echo(summary_line(stats, report.info, job.output.shown, report.rejects, sharded, job.cache is not None), err=True)
+        line = summary_line(stats, report.info, where=job.output.shown, rejects=report.rejects, sharded=sharded, cached=job.cache is not None)
+        typer.echo(line, err=True)
         if verbose:
             typer.echo(timings_line(stats), err=True)
     return stats.rejected

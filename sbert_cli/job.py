@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, get_args
 
 from sbert_cli.errors import OutputError, UsageError
-from sbert_cli.readers import STDIN, InputSpec, detect_format
+from sbert_cli.readers import STDIN, InputFormat, InputSpec, detect_format
 
 if TYPE_CHECKING:
     from sbert_cli.batching import BatchPlan
@@ -16,12 +16,11 @@ if TYPE_CHECKING:
 DEFAULT_MODEL = "DMetaSoul/sbert-chinese-general-v1"
 STDOUT = "-"
 
-# Fixed choices, declared once: the CLI offers exactly these and --help lists them.
+# Fixed choices, declared once: the CLI offers exactly these and --help lists them (input formats: readers).
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Dtype = Literal["float32", "float16"]
 OnError = Literal["fail", "skip"]
 Engine = Literal["local", "ray"]
-InputFormat = Literal["csv", "tsv", "jsonl", "parquet"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 OUTPUT_FORMATS = {".parquet": "parquet", ".npy": "npy", ".jsonl": "jsonl"}
 

@@ -40,6 +40,12 @@ class DirectoryLayout:
     def lock(self) -> Path:
         return self.state / "lock"
 
+    def create(self) -> None:
+        """The output directory and its state folder, made when missing; a failure is one line naming it."""
+        with output_errors(str(self.data)):
+            for folder in (self.data, self.state, self.rejects):
+                folder.mkdir(parents=True, exist_ok=True)
+
     def shard(self, index: int) -> Path:
         return self.data / f"part-{index:05d}.parquet"
 
@@ -143,8 +149,6 @@ def prepare_directory(layout: DirectoryLayout, identity: InputIdentity, options:
     With --resume, a directory with nothing to resume (missing, empty, killed before its first manifest)
     starts a fresh run, so the same cron line is right every time; without it, earlier shards are refused.
     """
-    with output_errors(str(layout.state)):
-        layout.rejects.mkdir(parents=True, exist_ok=True)
     _migrate_first_layout(layout)
     _remove_stale_temporaries(layout)
     earlier = load_manifest(layout.manifest)

@@ -69,7 +69,7 @@ class Hooks:
 class ModelSource:
     """The run's model, loaded the first time a text must be encoded: a run the cache answers never loads it."""
 
-    def __init__(self, info: ModelInfo, load: Callable[[], Encoder], cache: VectorCache | None = None, handle: ModelHandle | None = None) -> None:
+    def __init__(self, info: ModelInfo, load: Callable[[], Encoder], *, cache: VectorCache | None = None, handle: ModelHandle | None = None) -> None:
         self.info = info
         self.cache = cache
         self.load_seconds = 0.0
@@ -86,7 +86,7 @@ class ModelSource:
 
     @classmethod
     def for_handle(cls, handle: ModelHandle, cache: VectorCache | None) -> ModelSource:
-        return cls(handle.info, handle.load, cache, handle)
+        return cls(handle.info, handle.load, cache=cache, handle=handle)
 
     def encoder(self) -> Encoder:
         with self._lock:
@@ -143,7 +143,9 @@ def prepare_texts(texts: list[str], source: ModelSource, plan: BatchPlan, stats:
     return work
 
 
-def finish_texts(work: TextWork, source: ModelSource, stats: EncodeStats, hooks: Hooks, on_batch: Callable[[float], None] | None = None) -> np.ndarray:
+def finish_texts(
+    work: TextWork, source: ModelSource, stats: EncodeStats, *, hooks: Hooks = Hooks(), on_batch: Callable[[float], None] | None = None
+) -> np.ndarray:
     """Encode what prepare_texts left, store it in the cache, and return one vector per row of the window."""
     if work.tokens is not None:
         encoder = source.encoder()
@@ -175,7 +177,7 @@ def embed_texts(texts: list[str], model: Encoder | ModelSource, plan: BatchPlan 
     if not texts:
         return np.zeros((0, source.info.dim), dtype=np.float32)
     stats = EncodeStats()
-    parts = [finish_texts(prepare_texts(window, source, plan, stats), source, stats, Hooks()) for window in iter_windows(texts, plan.chunk_size)]
+    parts = [finish_texts(prepare_texts(window, source, plan, stats), source, stats) for window in iter_windows(texts, plan.chunk_size)]
     return np.concatenate(parts)
 
 
@@ -216,7 +218,9 @@ def run_encode(job: EncodeJob, hooks: Hooks, extent: Extent) -> RunReport:
             return RunReport(EncodeStats(nothing_to_do=True), handle.info, sink.rejects_shown)
         source = ModelSource.for_handle(handle, cache)
         plan = job.plan.for_device(handle.info.device)
-        stats = encode_rows(iter_rows(job.input, extent), source, sink, plan, job.skip_bad_rows, hooks, extent)
+        stats = encode_rows(
+            iter_rows(job.input, extent), source=source, sink=sink, plan=plan, skip_bad_rows=job.skip_bad_rows, hooks=hooks, extent=extent
+        )
         if stats.rows + stats.rejected + stats.resumed_rows == 0:
             raise InputDataError(f"{job.input.name}: no rows to encode")
         sink.finish()
@@ -240,7 +244,7 @@ def open_cache(path: str | None) -> VectorCache | None:
 
 
 def encode_rows(
-    rows: Iterable[Record | BadRow], source: ModelSource, sink: Sink, plan: BatchPlan, skip_bad_rows: bool, hooks: Hooks, extent: Extent
+    rows: Iterable[Record | BadRow], *, source: ModelSource, sink: Sink, plan: BatchPlan, skip_bad_rows: bool, hooks: Hooks, extent: Extent
 ) -> EncodeStats:
     """Stream rows through the model into the sink, shard by shard; memory holds a few windows, never the input.
 
@@ -248,7 +252,7 @@ def encode_rows(
     already has (a resumed run) are read past without tokenizing or encoding.
     """
     stats = EncodeStats()
-    windows = _windows(rows, source, sink, plan, skip_bad_rows, stats, extent)
+    windows = _windows(rows, source=source, sink=sink, plan=plan, skip_bad_rows=skip_bad_rows, stats=stats, extent=extent)
     writer = BackgroundSink(sink)
     tracker = _ProgressTracker(hooks.progress, extent)
     current: int | None = None
@@ -268,7 +272,7 @@ def encode_rows(
                     stats.shards_written += 1
                 writer.start_shard(window.shard)
                 current = window.shard
-            _encode_window(window, source, writer, stats, hooks, on_batch)
+            _encode_window(window, source, writer, stats, hooks=hooks, on_batch=on_batch)
             tracker.window_done(window)
             hooks.check_stop()
         if current is not None and current not in sink.done:
@@ -283,12 +287,12 @@ def encode_rows(
 
 
 def _encode_window(
-    window: _Window, source: ModelSource, writer: BackgroundSink, stats: EncodeStats, hooks: Hooks, on_batch: Callable[[float], None] | None
+    window: _Window, source: ModelSource, writer: BackgroundSink, stats: EncodeStats, *, hooks: Hooks, on_batch: Callable[[float], None] | None
 ) -> None:
     writer.reject(window.rejects)
     stats.rejected += len(window.rejects)
     if window.work is not None:
-        vectors = finish_texts(window.work, source, stats, hooks, on_batch)
+        vectors = finish_texts(window.work, source, stats, hooks=hooks, on_batch=on_batch)
         n_tokens = window.work.n_tokens[window.work.slots]
         stats.truncated += int((n_tokens > source.info.max_length).sum())
         writer.write(window.records, vectors, n_tokens.tolist())
@@ -296,7 +300,7 @@ def _encode_window(
 
 
 def _windows(
-    rows: Iterable[Record | BadRow], source: ModelSource, sink: Sink, plan: BatchPlan, skip_bad_rows: bool, stats: EncodeStats, extent: Extent
+    rows: Iterable[Record | BadRow], *, source: ModelSource, sink: Sink, plan: BatchPlan, skip_bad_rows: bool, stats: EncodeStats, extent: Extent
 ) -> Iterator[_Window]:
     """Windows of rows that never span two shards, each prepared up to its forward pass."""
     iterator = iter_windows(rows, plan.chunk_size, key=lambda item: sink.shard_of(item.row))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sbert_cli.errors import SbertError, UsageError
+from sbert_cli.errors import SbertError, UsageError, first_line
 from sbert_cli.job import EncodeJob, RayOptions
 from sbert_cli.manifest import DirectoryLayout
 from sbert_cli.readers import EXTENSIONS, InputSpec, detect_format
@@ -155,10 +155,9 @@ def run_ray_job(job: EncodeJob, plan: RayPlan) -> RayResult:
         raise UsageError("--engine ray needs Ray: pip install 'sbert-cli[ray]'") from None
     assert job.ray is not None
     layout = DirectoryLayout(Path(job.output.path))
-    layout.data.mkdir(parents=True, exist_ok=True)
+    layout.create()
     if any(layout.data.iterdir()):
         raise UsageError(f"{layout.data}: is not empty; --engine ray writes into an empty directory")
-    layout.rejects.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     owns_ray = not ray.is_initialized()
     if owns_ray:
@@ -228,6 +227,6 @@ def _sbert_cause(error: BaseException) -> SbertError | None:
         seen.add(id(current))
         if isinstance(current, SbertError) and "RayTaskError" not in type(current).__name__:
             # Ray appends retry advice to the message it carries back; the first line is ours.
-            return type(current)(str(current).splitlines()[0])
+            return type(current)(first_line(current, limit=10_000))
         stack += [current.__context__, current.__cause__, getattr(current, "cause", None)]
     return None

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from sbert_cli.pipeline import EncodeStats
 
 
-def summary_line(stats: EncodeStats, info: ModelInfo, where: str, rejects: str, sharded: bool, cached: bool) -> str:
+def summary_line(stats: EncodeStats, info: ModelInfo, *, where: str, rejects: str, sharded: bool, cached: bool) -> str:
     """One line on stderr after an encode run: what was written, from where, how fast."""
     parts = [f"sbert: {stats.rows} rows"]
     if stats.rejected:

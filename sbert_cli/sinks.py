@@ -15,7 +15,7 @@ from sbert_cli.job import EncodeJob
 from sbert_cli.lock import output_lock
 from sbert_cli.manifest import DirectoryLayout, Manifest, ShardEntry, file_sha256, identify_input, prepare_directory, save_manifest
 from sbert_cli.readers import BadRow, Record
-from sbert_cli.writers import WRITERS, EmbeddingWriter, ParquetWriter, RejectsWriter, WriterSpec, output_errors
+from sbert_cli.writers import WRITERS, EmbeddingWriter, ParquetWriter, RejectsWriter, WriterSpec
 
 
 class Sink(Protocol):
@@ -81,11 +81,8 @@ def open_sink(job: EncodeJob, info: ModelInfo) -> Iterator[Sink]:
             yield from _guarded(FileSink(spec, output.format, RejectsWriter(output.rejects_path)))
         return
     layout = DirectoryLayout(Path(output.path))
-    with output_errors(output.path):
-        layout.state.mkdir(parents=True, exist_ok=True)
+    layout.create()
     with output_lock(layout.lock, str(layout.data), remove=False):
-        with output_errors(output.path):
-            layout.data.mkdir(parents=True, exist_ok=True)
         manifest = prepare_directory(layout, identify_input(job.input.path), run_options(job, info), job.resume)
         yield from _guarded(ShardedSink(layout, manifest, job.shard_rows, replace(spec, temp_dir=layout.state)))
 

@@ -24,22 +24,6 @@ def ids_path(path: str) -> str:
     return str(Path(path).with_suffix(".ids.jsonl"))
 
 
-def describe_model(info: Any, dtype: str) -> dict[str, str]:
-    """The Parquet schema metadata saying what the vectors are (an encoder.ModelInfo in, strings out)."""
-    from sbert_cli import __version__
-
-    return {
-        "sbert.model": info.name,
-        "sbert.dim": str(info.dim),
-        "sbert.pooling": info.pooling,
-        "sbert.normalize": str(info.normalize).lower(),
-        "sbert.max_length": str(info.max_length),
-        "sbert.precision": info.precision,
-        "sbert.dtype": dtype,
-        "sbert.version": __version__,
-    }
-
-
 TEMPORARY_MARK = ".sbert-tmp-"
 
 

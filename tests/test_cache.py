@@ -15,9 +15,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import FAKE_CLI_CHILD, ROOT, FakeEncoder, expected_fake_vectors, sample_texts, write_st_model
+from tests.conftest import ROOT, FakeEncoder, expected_fake_vectors, sample_texts, write_st_model
 from tests.test_cli import error_of, run
-from tests.test_unattended import start_child, wait_until, write_texts
+from tests.test_unattended import run_child, start_child, wait_until, write_texts
 
 
 def vectors_of(path: Path) -> np.ndarray:
@@ -136,7 +136,7 @@ def test_sigkill_during_a_run_leaves_a_cache_the_next_run_reads(tmp_path: Path) 
     wait_until(lambda: stored() >= 100, child)
     child.send_signal(signal.SIGKILL)
     child.wait()
-    done = subprocess.run([sys.executable, "-c", FAKE_CLI_CHILD, *map(str, args)], cwd=ROOT, capture_output=True, text=True)
+    done = run_child(args)
     assert done.returncode == 0, done.stderr
     assert ", 400 encoded" not in done.stderr and ", 0 from the cache" not in done.stderr
     np.testing.assert_array_equal(vectors_of(tmp_path / "out.parquet"), expected_fake_vectors(texts))

@@ -5,17 +5,17 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from sbert_cli.manifest import DirectoryLayout
-from tests.conftest import FAKE_CLI_CHILD, ROOT, FakeEncoder, expected_fake_vectors
+from tests.conftest import FakeEncoder, expected_fake_vectors
 from tests.test_cli import error_of, run
-from tests.test_unattended import MIXED_LINES, check_manifest, read_shards, start_child, wait_for_shards, wait_until, write_texts
+from tests.test_unattended import (
+    MIXED_LINES, check_manifest, read_shards, run_child, start_child, uninterrupted_run, wait_for_shards, wait_until, write_texts,
+)
 
 
 def rows_by_reader(directory: Path) -> dict[str, list[tuple]]:
@@ -85,18 +85,14 @@ def test_a_resumed_run_reads_as_one_dataset(tmp_path: Path) -> None:
     wait_for_shards(out, 2, child)
     child.send_signal(signal.SIGKILL)
     child.wait()
-    done = subprocess.run([sys.executable, "-c", FAKE_CLI_CHILD, *map(str, args)], cwd=ROOT, capture_output=True, text=True)
+    done = run_child(args)
     assert done.returncode == 0, done.stderr
     assert_readers_see(out, [f"r{i}" for i in range(400)], expected_fake_vectors(texts))
 
 
 @pytest.mark.slow
 def test_the_same_resume_line_survives_sigkill_at_any_moment(tmp_path: Path) -> None:
-    source = tmp_path / "in.jsonl"
-    write_texts(source, 600)
-    common = ["encode", source, "--id-column", "id", "--shard-rows", "100", "--chunk-size", "25", "--batch-size", "5"]
-    whole = subprocess.run([sys.executable, "-c", FAKE_CLI_CHILD, *map(str, common), "-o", tmp_path / "whole"], cwd=ROOT, capture_output=True, text=True)
-    assert whole.returncode == 0, whole.stderr
+    common = uninterrupted_run(tmp_path)
     out = tmp_path / "out"
     line = [*common, "-o", out, "--resume"]
     layout = DirectoryLayout(out)
@@ -118,14 +114,14 @@ def test_the_same_resume_line_survives_sigkill_at_any_moment(tmp_path: Path) -> 
         child.send_signal(signal.SIGKILL)
         child.wait()
         assert all(p.suffix == ".parquet" for p in out.iterdir()) if out.exists() else True
-    finished = subprocess.run([sys.executable, "-c", FAKE_CLI_CHILD, *map(str, line)], cwd=ROOT, capture_output=True, text=True)
+    finished = run_child(line)
     assert finished.returncode == 0, finished.stderr
     assert check_manifest(out)["complete"] is True
     ids, vectors = read_shards(out)
     whole_ids, whole_vectors = read_shards(tmp_path / "whole")
     assert ids == whole_ids
     np.testing.assert_array_equal(vectors, whole_vectors)
-    again = subprocess.run([sys.executable, "-c", FAKE_CLI_CHILD, *map(str, line)], cwd=ROOT, capture_output=True, text=True)
+    again = run_child(line)
     assert again.returncode == 0
     assert again.stderr.strip().splitlines()[-1] == f"sbert: {out} is complete; nothing to do"
 

@@ -171,6 +171,11 @@ def test_resume_refuses_a_changed_input_or_options(tmp_path: Path, fake_encoder:
     )
 
 
+def run_child(args: list) -> subprocess.CompletedProcess:
+    """The real command with the fake encoder, in a process of its own, to the end."""
+    return subprocess.run([sys.executable, "-c", FAKE_CLI_CHILD, *map(str, args)], cwd=ROOT, capture_output=True, text=True)
+
+
 def start_child(args: list, delay: float) -> subprocess.Popen:
     env = {**os.environ, "FAKE_DELAY": str(delay)}
     return subprocess.Popen(
@@ -207,13 +212,19 @@ def terminate(child: subprocess.Popen, signum: int = signal.SIGTERM) -> str:
     return stderr.strip().splitlines()[-1]
 
 
-@pytest.mark.slow
-def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+def uninterrupted_run(tmp_path: Path) -> list:
+    """600 rows in 6 shards of 100, encoded in one go into tmp_path/whole; the command without its -o."""
     source = tmp_path / "in.jsonl"
     write_texts(source, 600)
     args = ["encode", source, "--id-column", "id", "--shard-rows", "100", "--chunk-size", "25", "--batch-size", "5"]
-    whole = subprocess.run([sys.executable, "-c", FAKE_CLI_CHILD, *map(str, args), "-o", tmp_path / "whole"], cwd=ROOT, capture_output=True, text=True)
+    whole = run_child([*args, "-o", tmp_path / "whole"])
     assert whole.returncode == 0, whole.stderr
+    return args
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    args = uninterrupted_run(tmp_path)
 
     out = tmp_path / "killed"
     child = start_child([*args, "-o", out], delay=0.01)
@@ -223,7 +234,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path: Path) -> Non
     done_before = len(check_manifest(out)["shards"])
     assert 2 <= done_before < 6
 
-    resumed = subprocess.run([sys.executable, "-c", FAKE_CLI_CHILD, *map(str, args), "-o", out, "--resume"], cwd=ROOT, capture_output=True, text=True)
+    resumed = run_child([*args, "-o", out, "--resume"])
     assert resumed.returncode == 0, resumed.stderr
     assert f"{6 - done_before} shards encoded, {done_before} already done ({done_before * 100} rows)" in resumed.stderr
     manifest = check_manifest(out)
