@@ -135,8 +135,9 @@ def prepare_texts(texts: list[str], source: ModelSource, plan: BatchPlan, stats:
         stats.cached += int(np.isin(slots, list(found)).sum()) if found else 0
         stats.stage_seconds["cache"] += time.perf_counter() - started
     if work.missing:
+        encoder = source.encoder()  # loaded on the first miss; its load time is reported apart
         started = time.perf_counter()
-        work.tokens = source.encoder().tokenize([unique[index] for index in work.missing])
+        work.tokens = encoder.tokenize([unique[index] for index in work.missing])
         work.n_tokens[work.missing] = work.tokens.n_tokens
         work.batches = plan.cut([len(ids) for ids in work.tokens.ids])
         stats.stage_seconds["tokenize"] += time.perf_counter() - started
