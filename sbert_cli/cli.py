@@ -178,15 +178,9 @@ def _encode_with_ray(job: EncodeJob, quiet: bool) -> int:
         typer.echo(f"sbert: encoding {len(plan.inputs)} file(s) with {plan.workers} worker(s) on {plan.where(job.ray)}", err=True)
     result = run_ray_job(job, plan)
     if not quiet:
-        from pathlib import Path
+        from sbert_cli.report import ray_summary_line
 
-        from sbert_cli.manifest import DirectoryLayout
-
-        parts = [f"sbert: {result.rows} rows"]
-        if result.rejected:
-            parts.append(f"{result.rejected} rejected -> {DirectoryLayout(Path(job.output.path)).rejects}/")
-        parts += [f"{result.shards} shards", f"{result.seconds:.1f} s", f"{result.rows / max(result.seconds, 1e-9):.1f} rows/s -> {job.output.shown}"]
-        typer.echo(", ".join(parts), err=True)
+        typer.echo(ray_summary_line(result, job.output.shown), err=True)
     return result.rejected
 
 

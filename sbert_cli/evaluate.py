@@ -77,9 +77,8 @@ def pair_table(path: str, columns: tuple[str, str, str] | None) -> TableSpec:
 
 
 def read_pairs(path: str, columns: tuple[str, str, str] | None = None) -> PairSet:
-    """Read a pair file through the readers every input uses; the first bad row fails with its place."""
-    if not Path(path).is_file():
-        raise UsageError(f"{path}: no such file; check the path")
+    """Read a pair file through the readers every input uses (which also refuse a missing file); the first bad
+    row fails with its place."""
     table = pair_table(path, columns)
     first: list[str] = []
     second: list[str] = []

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from sbert_cli.encoder import ModelInfo
     from sbert_cli.evaluate import PairScore, WorstPair
     from sbert_cli.pipeline import EncodeStats
+    from sbert_cli.ray_engine import RayResult
 
 
 def summary_line(stats: EncodeStats, info: ModelInfo, *, where: str, rejects: str, sharded: bool, cached: bool) -> str:
@@ -30,6 +31,19 @@ def summary_line(stats: EncodeStats, info: ModelInfo, *, where: str, rejects: st
         f"{stats.rows_per_second:.1f} rows/s",
         f"{stats.truncated} truncated to {info.max_length} tokens -> {where}",
     ]
+    return ", ".join(parts)
+
+
+def ray_summary_line(result: RayResult, where: str) -> str:
+    """One line on stderr after an --engine ray run."""
+    from pathlib import Path
+
+    from sbert_cli.manifest import DirectoryLayout
+
+    parts = [f"sbert: {result.rows} rows"]
+    if result.rejected:
+        parts.append(f"{result.rejected} rejected -> {DirectoryLayout(Path(where)).rejects}/")
+    parts += [f"{result.shards} shards", f"{result.seconds:.1f} s", f"{result.rows / max(result.seconds, 1e-9):.1f} rows/s -> {where}"]
     return ", ".join(parts)
 
 

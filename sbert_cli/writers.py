@@ -14,8 +14,8 @@ from typing import IO, Any
 import numpy as np
 
 from sbert_cli.errors import InputDataError, OutputError
+from sbert_cli.job import STDOUT
 
-STDOUT = "-"
 _NPY_HEADER_BYTES = 128  # room for any [rows, dim] shape; rewritten with the real row count at the end
 
 

@@ -268,6 +268,7 @@ def test_evaluate_errors(tmp_path: Path, fake_encoder) -> None:
     assert error_of(result) == f"sbert: error: {bad}:2: expected 3 tab-separated fields, found 2"
     bad.write_text("甲\t乙\thigh\n", encoding="utf-8")
     assert error_of(run("evaluate", bad)) == f"sbert: error: {bad}:1: label 'high' is not a number; the label is the last column"
+    assert error_of(run("evaluate", tmp_path / "none.tsv")) == f"sbert: error: {tmp_path / 'none.tsv'}: no such file; check the path"
     result = run("evaluate", SAMPLE_DATA / "pairs.tsv", "--columns", "a,b")
     assert result.exit_code == 2
     assert error_of(result) == "sbert: error: --columns a,b: expected three names, e.g. --columns sentence1,sentence2,label"
