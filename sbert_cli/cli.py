@@ -6,7 +6,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -15,7 +15,7 @@ from typer.core import TyperGroup
 
 from sbert_cli import __version__
 from sbert_cli.errors import EXIT_WITH_REJECTS, SbertError, UsageError
-from sbert_cli.job import DEFAULT_MODEL, Dtype, EncodeJob, Engine, ModelOptions, OnError, Precision
+from sbert_cli.job import DEFAULT_MODEL, DEVICE_DEFAULTS, Dtype, EncodeJob, Engine, ModelOptions, OnError, Precision
 from sbert_cli.readers import InputFormat
 
 if TYPE_CHECKING:
@@ -71,8 +71,13 @@ ModelOption = Annotated[str, typer.Option("--model", "-m", envvar="SBERT_MODEL",
 DeviceOption = Annotated[str, typer.Option(parser=_device, metavar="[auto|cpu|cuda|cuda:N]", rich_help_panel=MODEL, help="auto takes CUDA when torch sees a GPU.")]
 PrecisionOption = Annotated[Precision, typer.Option(rich_help_panel=MODEL, help="Forward pass precision; auto: fp16 on CUDA, bf16 on a CPU with native bf16, else fp32. Vectors are float32.")]
 MaxLengthOption = Annotated[Optional[int], typer.Option(rich_help_panel=MODEL, help="Truncate texts to this many tokens (default: the model's).")]
-BatchSizeOption = Annotated[int, typer.Option(min=1, rich_help_panel=BATCHING, help="Most rows in one forward pass.")]
-MaxTokensOption = Annotated[int, typer.Option(min=1, rich_help_panel=BATCHING, help="Most padded tokens (longest x rows) in one forward pass.")]
+def _auto(option: str) -> str:
+    """What auto means for a batching option, for --help: the CPU's and the GPU's defaults."""
+    return f"auto: {getattr(DEVICE_DEFAULTS['cpu'], option)} on a CPU, {getattr(DEVICE_DEFAULTS['cuda'], option)} on CUDA"
+
+
+BatchSizeOption = Annotated[Optional[int], typer.Option(min=1, rich_help_panel=BATCHING, show_default=_auto("batch_size"), help="Most rows in one forward pass.")]
+MaxTokensOption = Annotated[Optional[int], typer.Option(min=1, rich_help_panel=BATCHING, show_default=_auto("max_tokens"), help="Most padded tokens (longest x rows) in one forward pass; cut in half for the rest of the run if the GPU runs out of memory.")]
 CacheOption = Annotated[Optional[str], typer.Option(envvar="SBERT_CACHE", rich_help_panel=UNATTENDED, help="SQLite vector cache: texts encoded before with the same model and options are not encoded again.")]
 
 
@@ -104,9 +109,9 @@ def encode(
     precision: PrecisionOption = "auto",
     max_length: MaxLengthOption = None,
     normalize: Annotated[bool, typer.Option("--normalize", rich_help_panel=MODEL, help="L2-normalise the vectors.")] = False,
-    chunk_size: Annotated[int, typer.Option(min=1, rich_help_panel=BATCHING, help="Rows read, sorted and batched at a time; bounds memory.")] = 10_000,
-    batch_size: BatchSizeOption = 32,
-    max_tokens: MaxTokensOption = 16_384,
+    chunk_size: Annotated[Optional[int], typer.Option(min=1, rich_help_panel=BATCHING, show_default=_auto("chunk_size"), help="Rows read, sorted and batched at a time; bounds memory.")] = None,
+    batch_size: BatchSizeOption = None,
+    max_tokens: MaxTokensOption = None,
     output: Annotated[Optional[str], typer.Option("--output", "-o", rich_help_panel=OUTPUT, help="A .parquet, .npy (+ .ids.jsonl) or .jsonl file; - for JSON lines on stdout; a directory for Parquet shards. Default: <input stem>.embeddings.parquet beside the input.")] = None,
     dtype: Annotated[Dtype, typer.Option(rich_help_panel=OUTPUT, help="Stored vector type.")] = "float32",
     with_stats: Annotated[bool, typer.Option("--with-stats", rich_help_panel=OUTPUT, help="Add n_tokens and truncated columns.")] = False,
@@ -154,7 +159,7 @@ def _encode_locally(job: EncodeJob, quiet: bool, verbose: bool) -> int:
 
     kept = job.output.path if job.output.kind == "directory" else None
     with stop_on_signals(kept) as check_stop, progress_bar(quiet) as bar:
-        report = run_encode(job, Hooks(check_stop, bar), Extent())
+        report = run_encode(job, Hooks(check_stop, bar, _notice(quiet, bar)), Extent())
     stats = report.stats
     if stats.nothing_to_do:
         if not quiet:
@@ -167,6 +172,15 @@ def _encode_locally(job: EncodeJob, quiet: bool, verbose: bool) -> int:
         if verbose:
             typer.echo(timings_line(stats), err=True)
     return stats.rejected
+
+
+def _notice(quiet: bool, bar: Any = None) -> Callable[[str], None]:
+    """Where a run's notices go: nowhere under --quiet, above the progress bar when there is one, else stderr."""
+    if quiet:
+        return lambda message: None
+    if bar is not None:
+        return bar.write
+    return lambda message: typer.echo(message, err=True)
 
 
 def _encode_with_ray(job: EncodeJob, quiet: bool) -> int:
@@ -201,7 +215,7 @@ def sim(
     with _user_errors():
         if len(sentences) < 2:
             raise UsageError('sim needs at least two sentences: sbert sim "句子A" "句子B"')
-        vectors = embed_texts(sentences, model_source(ModelOptions(model, device, precision, max_length), cache))
+        vectors = embed_texts(sentences, model_source(ModelOptions(model, device, precision, max_length), cache, _notice(quiet=False)))
         scores = cosine_rows(vectors[1:], vectors[:1].repeat(len(sentences) - 1, axis=0))
         if as_json:
             similarities = [{"sentence": text, "cosine": float(score)} for text, score in zip(sentences[1:], scores)]
@@ -219,8 +233,8 @@ def evaluate(
     device: DeviceOption = "auto",
     precision: PrecisionOption = "auto",
     max_length: MaxLengthOption = None,
-    batch_size: BatchSizeOption = 32,
-    max_tokens: MaxTokensOption = 16_384,
+    batch_size: BatchSizeOption = None,
+    max_tokens: MaxTokensOption = None,
     cache: CacheOption = None,
     as_json: Annotated[bool, typer.Option("--json", rich_help_panel=OUTPUT, help="JSON on stdout instead of a table.")] = False,
     plot: Annotated[Optional[str], typer.Option(rich_help_panel=OUTPUT, help="Write a PNG: cosine against label, one panel per file (needs the plot extra).")] = None,
@@ -235,7 +249,7 @@ def evaluate(
     with _user_errors():
         names = parse_columns(columns)
         sets = name_pair_sets([read_pairs(path, names) for path in files])
-        source = model_source(ModelOptions(model, device, precision, max_length), cache)
+        source = model_source(ModelOptions(model, device, precision, max_length), cache, _notice(quiet))
         plan = BatchPlan(batch_size=batch_size, max_tokens=max_tokens).for_device(source.info.device)
         scores = score_pair_sets(sets, source, plan)
         if plot is not None:

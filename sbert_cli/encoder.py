@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 import pickle
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from itertools import chain
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -48,10 +49,63 @@ class ModelLayout:
 
 @dataclass
 class Tokenized:
-    """Token ids per text (truncated, special tokens included) and each text's untruncated token count."""
+    """Many texts' token ids in one flat array (truncated, special tokens included), and each text's count before truncation.
 
-    ids: list[list[int]]
-    n_tokens: list[int]
+    One int32 array instead of a list per text: a 10,000-row window's ids take a few MiB, not tens, and a
+    batch is padded by numpy indexing rather than a loop over its rows.
+    """
+
+    flat: np.ndarray  # int32: text i's ids are flat[offsets[i]:offsets[i + 1]]
+    offsets: np.ndarray  # int64, one more than there are texts
+    n_tokens: np.ndarray  # int64: each text's token count before truncation
+
+    @classmethod
+    def from_lists(cls, ids: Sequence[Sequence[int]], n_tokens: Sequence[int] | None = None) -> Tokenized:
+        """From one id list per text; `n_tokens` defaults to the lists' lengths (nothing was truncated)."""
+        offsets = _offsets(np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids)))
+        flat = np.fromiter(chain.from_iterable(ids), dtype=np.int32, count=int(offsets[-1]))
+        counts = np.diff(offsets) if n_tokens is None else np.asarray(n_tokens, dtype=np.int64).reshape(-1)
+        return cls(flat, offsets, counts)
+
+    @classmethod
+    def concat(cls, parts: Sequence[Tokenized]) -> Tokenized:
+        """The texts of several parts, one after another (at least one part)."""
+        if len(parts) == 1:
+            return parts[0]
+        flat = np.concatenate([part.flat for part in parts])
+        offsets = _offsets(np.concatenate([part.lengths for part in parts]))
+        return cls(flat, offsets, np.concatenate([part.n_tokens for part in parts]))
+
+    def __len__(self) -> int:
+        return len(self.n_tokens)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Each text's token count as the model sees it (after truncation)."""
+        return np.diff(self.offsets)
+
+    @property
+    def ids(self) -> list[list[int]]:
+        """Each text's ids as a list (for callers that want plain Python)."""
+        return [self.flat[start:end].tolist() for start, end in zip(self.offsets[:-1], self.offsets[1:])]
+
+    def padded(self, rows: np.ndarray, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ids of `rows` padded to the longest of them [rows, longest] (int32), and their lengths."""
+        starts = self.offsets[rows]
+        lengths = self.offsets[rows + 1] - starts
+        positions = np.arange(int(lengths.max()) if len(rows) else 0)
+        inside = positions < lengths[:, None]
+        if not self.flat.size:
+            return np.full(inside.shape, pad_id, dtype=np.int32), lengths
+        gathered = self.flat[np.where(inside, starts[:, None] + positions, 0)]
+        return np.where(inside, gathered, np.int32(pad_id)).astype(np.int32, copy=False), lengths
+
+
+def _offsets(lengths: np.ndarray) -> np.ndarray:
+    """Where each text starts in the flat array, and where the last one ends."""
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets
 
 
 class Encoder(Protocol):
@@ -61,7 +115,21 @@ class Encoder(Protocol):
 
     def tokenize(self, texts: list[str]) -> Tokenized: ...
 
-    def embed(self, ids: list[list[int]]) -> np.ndarray: ...
+    def embed_batches(self, tokens: Tokenized, batches: Sequence[np.ndarray], out: np.ndarray, after_batch: Callable[[int], None]) -> int:
+        """Write each batch's vectors into out[row] for its rows (indices into `tokens`), calling after_batch(rows)
+        after each batch. Returns how many batches ran: fewer than all when batches[returned] ran out of device
+        memory, and by then nothing of that try is left on the device."""
+        ...
+
+    def at_fp32(self) -> Encoder:
+        """The same model at fp32 (itself when it already is): for rows whose vectors overflowed."""
+        ...
+
+
+class Forward(Protocol):
+    """A backend's forward pass: token states [batch, tokens, hidden] for ids and a boolean mask (None: no padding)."""
+
+    def __call__(self, input_ids: Any, mask: Any | None) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -340,42 +408,56 @@ class _Safetensors(Mapping[str, Any]):
 
 
 class TransformerEncoder:
-    """A transformers model plus pooling, fed with pre-tokenized, length-sorted batches.
+    """A model's tokenizer and forward pass, fed pre-tokenized, length-sorted batches, pooled into vectors.
 
-    On a CPU, a BERT checkpoint runs through kernels.FusedBert straight from its weights: no transformers
-    model is built, which also skips most of transformers' import time.
+    A BERT checkpoint runs through bert.Bert straight from its weights, no transformers model built (which
+    also skips most of transformers' import time): on oneDNN's kernels on a CPU (kernels.py), on the GPU in
+    its precision on CUDA (cuda.py). Other models run through transformers. On a CPU batches run one after
+    another (the plain path); on CUDA, cuda.DeviceFeeder keeps the GPU fed.
     """
 
-    def __init__(self, handle: ModelHandle) -> None:
+    def __init__(self, handle: ModelHandle, tokenizer: Any = None) -> None:
         import torch
 
         self._torch = torch
+        self._handle = handle
         self.info = handle.info
         self.device = torch.device(handle.info.device)
         if self.device.type == "cpu":
             torch.set_num_threads(available_cores())
-        source = handle.layout.transformer_dir
-        self.tokenizer = _load_tokenizer(source)
+        self.tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(handle.layout.transformer_dir)
         self.lower_case = handle.layout.do_lower_case
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self._prefix, self._suffix = self._special_token_split()
+        self._fp32: TransformerEncoder | None = None
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.info.precision]
-        self._fused = self._fused_forward(handle, dtype) if self.device.type == "cpu" else None
-        self.model = None if self._fused is not None else self._placed(_load_model(source), dtype)
+        self.forward: Forward = self._load_forward(dtype)
+        self._feeder = None
+        if self.device.type == "cuda":
+            from sbert_cli.cuda import DeviceFeeder
 
-    def _fused_forward(self, handle: ModelHandle, dtype: Any) -> Any:
-        from sbert_cli.kernels import FusedBert, fused_bert_supported
+            self._feeder = DeviceFeeder(self.forward, self.device, self.pad_id, self.info.pooling, self.info.normalize)
 
-        if not fused_bert_supported(handle.config, dtype):
-            return None
-        weights = _read_weights(handle.layout.transformer_dir)
-        if weights is None:
-            return None
-        try:
-            with self._torch.inference_mode():
-                return FusedBert(weights, handle.config, dtype)
-        except KeyError:  # not the weights a BERT encoder has: transformers knows this checkpoint better
-            return None
+    def _load_forward(self, dtype: Any) -> Forward:
+        """The backend for this device: a plain BERT from its weights where it can, else transformers' model."""
+        handle = self._handle
+        source = handle.layout.transformer_dir
+        if self.device.type == "cpu":
+            from sbert_cli.kernels import fused_bert, fused_bert_supported
+
+            supported, build = fused_bert_supported(handle.config, dtype), lambda weights: fused_bert(weights, handle.config, dtype)
+        else:
+            from sbert_cli.cuda import device_bert, device_bert_supported
+
+            supported, build = device_bert_supported(handle.config), lambda weights: device_bert(weights, handle.config, dtype, self.device)
+        weights = _read_weights(source) if supported else None
+        if weights is not None:
+            try:
+                with self._torch.inference_mode():
+                    return build(weights)
+            except KeyError:  # not the weights a BERT encoder has: transformers knows this checkpoint better
+                pass
+        return _TransformersForward(self._placed(_load_model(source), dtype), self._autocast(dtype))
 
     def _placed(self, model: Any, dtype: Any) -> Any:
         """The model on its device in its precision: weights cast once, never per batch."""
@@ -383,6 +465,11 @@ class TransformerEncoder:
             return model.to(dtype).to(self.device)
         # fp16 has few CPU kernels: autocast keeps the weights and runs what it can in fp16.
         return model if dtype == self._torch.float16 else model.to(dtype)
+
+    def _autocast(self, dtype: Any) -> Callable[[], AbstractContextManager[Any]]:
+        if self.device.type == "cpu" and dtype == self._torch.float16:
+            return lambda: self._torch.autocast("cpu", dtype=self._torch.float16)
+        return nullcontext
 
     def _special_token_split(self) -> tuple[int, int] | tuple[None, None]:
         """How many special tokens the tokenizer puts before and after a single text ([CLS] x [SEP]: 1, 1)."""
@@ -397,82 +484,154 @@ class TransformerEncoder:
     def tokenize(self, texts: list[str]) -> Tokenized:
         if self.lower_case:
             texts = [text.lower() for text in texts]
-        encoded = self.tokenizer(texts, truncation=False, return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-        counts = [len(ids) for ids in encoded]
+        if not texts:
+            return Tokenized(np.zeros(0, np.int32), np.zeros(1, np.int64), np.zeros(0, np.int64))
+        # A slice at a time: the tokenizer's per-text objects (tokens, offsets) for a whole window would
+        # cost more memory than everything else the window holds.
+        return Tokenized.concat([self._tokenize_slice(texts[start : start + _TOKENIZE_SLICE]) for start in range(0, len(texts), _TOKENIZE_SLICE)])
+
+    def _tokenize_slice(self, texts: list[str]) -> Tokenized:
         limit = self.info.max_length
         if self._prefix is None:
             # Unusual special-token layout: let the tokenizer truncate itself.
-            truncated = self.tokenizer(texts, truncation=True, max_length=limit, return_attention_mask=False)
-            return Tokenized(list(truncated["input_ids"]), counts)
+            counts = [len(ids) for ids in self._encode(texts)]
+            truncated = self.tokenizer(texts, truncation=True, max_length=limit, return_attention_mask=False)["input_ids"]
+            return Tokenized.from_lists(truncated, counts)
+        full = Tokenized.from_lists(self._encode(texts))
+        counts = full.n_tokens
+        if int(counts.max()) <= limit:
+            return full
+        # Truncate every long text at once: keep its special tokens and the first (or, for a tokenizer that
+        # truncates on the left, the last) tokens of its body, as sentence-transformers does.
         prefix, suffix = self._prefix, self._suffix or 0
-        keep = limit - prefix - suffix
-        left = getattr(self.tokenizer, "truncation_side", "right") == "left"
-        result = []
-        for ids in encoded:
-            if len(ids) > limit:
-                body = ids[prefix : len(ids) - suffix]
-                body = body[len(body) - keep :] if left else body[:keep]
-                ids = ids[:prefix] + body + ids[len(ids) - suffix :]
-            result.append(ids)
-        return Tokenized(result, counts)
+        body = limit - prefix - suffix
+        position = np.arange(len(full.flat)) - np.repeat(full.offsets[:-1], counts)
+        length = np.repeat(counts, counts)
+        if getattr(self.tokenizer, "truncation_side", "right") == "left":
+            keep = (position < prefix) | (position >= length - suffix - body)
+        else:
+            keep = (position < prefix + body) | (position >= length - suffix)
+        return Tokenized(full.flat[keep], _offsets(np.minimum(counts, limit)), counts)
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        """Untruncated ids with special tokens, from the Rust tokenizer directly where there is one (a third faster
+        than through transformers' wrapper, which builds a dict per text)."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            return self.tokenizer(texts, truncation=False, return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        if backend.truncation is not None or backend.padding is not None:
+            backend.no_truncation()  # a tokenizer.json may carry its own settings; sbert truncates itself
+            backend.no_padding()
+        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # _fast: no character offsets
+        return [encoding.ids for encoding in encode(texts)]
+
+    def embed_batches(self, tokens: Tokenized, batches: Sequence[np.ndarray], out: np.ndarray, after_batch: Callable[[int], None]) -> int:
+        if self._feeder is not None:
+            return self._feeder.run(tokens, batches, out, after_batch)
+
+        def run_batch(rows: np.ndarray) -> None:
+            out[rows] = self._embed_batch(tokens, rows)
+
+        return run_batches(batches, run_batch, after_batch)
 
     def embed(self, ids: list[list[int]]) -> np.ndarray:
-        torch = self._torch
-        try:
-            return self._embed_once(ids)
-        except torch.cuda.OutOfMemoryError:
-            if len(ids) == 1:
-                raise ModelError(f"CUDA out of memory on a single text of {len(ids[0])} tokens; pass --max-length lower") from None
-            torch.cuda.empty_cache()
-            half = len(ids) // 2
-            return np.concatenate([self.embed(ids[:half]), self.embed(ids[half:])])
+        """Vectors of one batch of token id lists, in their order (a convenience for the Python API and tests)."""
+        tokens = Tokenized.from_lists(ids, [len(row) for row in ids])
+        out = np.zeros((len(ids), self.info.dim), dtype=np.float32)
+        if self.embed_batches(tokens, [np.arange(len(ids))], out, lambda rows: None) < 1:
+            raise ModelError(f"out of device memory on a batch of {len(ids)} texts")
+        return out
 
-    def _embed_once(self, ids: list[list[int]]) -> np.ndarray:
+    def _embed_batch(self, tokens: Tokenized, rows: np.ndarray) -> np.ndarray:
+        """The plain path: one batch padded, run and pooled, its vectors back in numpy."""
         torch = self._torch
-        input_ids, mask = pad_batch(ids, self.pad_id)
-        input_tensor, mask_tensor = torch.from_numpy(input_ids), torch.from_numpy(mask)
-        if self.device.type == "cuda":
-            input_tensor = input_tensor.pin_memory().to(self.device, non_blocking=True)
-            mask_tensor = mask_tensor.pin_memory().to(self.device, non_blocking=True)
+        ids, lengths = tokens.padded(rows, self.pad_id)
+        mask = None if int(lengths.min()) == ids.shape[1] else torch.from_numpy(np.arange(ids.shape[1]) < lengths[:, None])
         with torch.inference_mode():
-            if self._fused is not None:
-                hidden = self._fused(input_tensor, mask_tensor)
-            else:
-                with self._autocast():
-                    hidden = self.model(input_ids=input_tensor, attention_mask=mask_tensor).last_hidden_state
-            pooled = pool(hidden.float(), mask_tensor, self.info.pooling)
+            hidden = self.forward(torch.from_numpy(ids).long(), mask)
+            pooled = pool(hidden.float(), mask, self.info.pooling)
             if self.info.normalize:
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-        return pooled.cpu().numpy()
+        return pooled.numpy()
 
-    def _autocast(self) -> AbstractContextManager[Any]:
-        if self.device.type == "cpu" and self.info.precision == "fp16":
-            return self._torch.autocast("cpu", dtype=self._torch.float16)
-        return nullcontext()
-
-
-def pad_batch(ids: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids padded to the batch's longest row, and the 0/1 attention mask."""
-    longest = max(len(row) for row in ids)
-    input_ids = np.full((len(ids), longest), pad_id, dtype=np.int64)
-    mask = np.zeros((len(ids), longest), dtype=np.int64)
-    for i, row in enumerate(ids):
-        input_ids[i, : len(row)] = row
-        mask[i, : len(row)] = 1
-    return input_ids, mask
+    def at_fp32(self) -> Encoder:
+        if self.info.precision == "fp32":
+            return self
+        if self._fp32 is None:
+            handle = replace(self._handle, info=replace(self.info, precision="fp32"))
+            self._fp32 = TransformerEncoder(handle, tokenizer=self.tokenizer)
+        return self._fp32
 
 
-def pool(hidden: Any, mask: Any, mode: str) -> Any:
-    """Pool token vectors [batch, tokens, dim] into sentence vectors over the attention mask, as sentence-transformers' Pooling."""
+_TOKENIZE_SLICE = 4096  # texts tokenized per call
+
+
+class _TransformersForward:
+    """transformers' model as a backend, for checkpoints bert.Bert does not run."""
+
+    def __init__(self, model: Any, autocast: Callable[[], AbstractContextManager[Any]]) -> None:
+        self.model = model
+        self.autocast = autocast
+
+    def __call__(self, input_ids: Any, mask: Any | None) -> Any:
+        import torch
+
+        attention_mask = torch.ones_like(input_ids) if mask is None else mask.long()
+        with self.autocast():
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def run_batches(batches: Sequence[np.ndarray], run_batch: Callable[[np.ndarray], None], after_batch: Callable[[int], None]) -> int:
+    """Run batches in order until one runs out of device memory; return how many ran.
+
+    The retry is the caller's, after this has returned: the failed try's tensors, which the exception's
+    traceback holds, are freed by then and the CUDA cache is emptied, so the smaller batches that follow get
+    all of the device's memory. (Retrying inside the except block kept them allocated.)
+    """
+    import torch
+
+    for index, rows in enumerate(batches):
+        try:
+            run_batch(rows)
+        except torch.cuda.OutOfMemoryError:
+            pass  # handled after the except block, once the exception and the frames it holds are gone
+        else:
+            after_batch(len(rows))
+            continue
+        release_device_memory()
+        return index
+    return len(batches)
+
+
+def release_device_memory() -> None:
+    """Free what a failed try left: unreachable tensors now, then the CUDA allocator's cached blocks."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def pool(hidden: Any, mask: Any | None, mode: str) -> Any:
+    """Pool token vectors [batch, tokens, dim] into sentence vectors over a boolean attention mask (None: every
+    token counts), as sentence-transformers' Pooling does."""
     import torch
 
     if mode == "cls":
         return hidden[:, 0]
-    weights = mask.unsqueeze(-1).to(hidden.dtype)
-    if mode == "max":
-        return hidden.masked_fill(weights == 0, torch.finfo(hidden.dtype).min).max(dim=1).values
-    summed = (hidden * weights).sum(dim=1)
-    counts = weights.sum(dim=1).clamp(min=1e-9)
+    if mask is None:
+        if mode == "max":
+            return hidden.max(dim=1).values
+        summed = hidden.sum(dim=1)
+        counts = torch.full((hidden.shape[0], 1), float(hidden.shape[1]), dtype=hidden.dtype, device=hidden.device)
+    else:
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        if mode == "max":
+            return hidden.masked_fill(weights == 0, torch.finfo(hidden.dtype).min).max(dim=1).values
+        summed = (hidden * weights).sum(dim=1)
+        counts = weights.sum(dim=1).clamp(min=1e-9)
     if mode == "mean_sqrt_len":
         return summed / counts.sqrt()
     return summed / counts

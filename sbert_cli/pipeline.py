@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -12,8 +13,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
-from sbert_cli.batching import BatchPlan, iter_windows, restore_order
-from sbert_cli.errors import InputDataError
+from sbert_cli.batching import BatchPlan, iter_windows
+from sbert_cli.errors import InputDataError, ModelError
 from sbert_cli.readers import BadRow, Extent, Record, iter_rows, split_window
 
 if TYPE_CHECKING:
@@ -42,6 +43,9 @@ class EncodeStats:
     real_tokens: int = 0
     padded_tokens: int = 0
     batches: int = 0
+    fp32_rows: int = 0  # rows whose vectors were not finite at the run's precision, re-run at fp32
+    out_of_memory: int = 0  # batches that ran out of device memory and were re-cut smaller
+    token_budget: int | None = None  # the padded tokens a batch may hold after out-of-memory cut it down
     load_seconds: float = 0.0
     seconds: float = 0.0
     nothing_to_do: bool = False
@@ -58,21 +62,38 @@ class Progress(Protocol):
     def advance(self, rows: int, position: int | None, extent: Extent) -> None: ...
 
 
+def _on_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 @dataclass(frozen=True)
 class Hooks:
-    """How the caller watches a run: a stop check between batches (it raises to stop), and progress."""
+    """How the caller watches a run: a stop check between batches (it raises to stop), progress, and where
+    a notice goes (the token budget cut down by out-of-memory)."""
 
     check_stop: Callable[[], None] = lambda: None
     progress: Progress | None = None
+    notice: Callable[[str], None] = _on_stderr
 
 
 class ModelSource:
-    """The run's model, loaded the first time a text must be encoded: a run the cache answers never loads it."""
+    """The run's model, loaded the first time a text must be encoded (a run the cache answers never loads it),
+    and what its device has shown it can take: the token budget that out-of-memory has cut down, if it has."""
 
-    def __init__(self, info: ModelInfo, load: Callable[[], Encoder], *, cache: VectorCache | None = None, handle: ModelHandle | None = None) -> None:
+    def __init__(
+        self,
+        info: ModelInfo,
+        load: Callable[[], Encoder],
+        *,
+        cache: VectorCache | None = None,
+        handle: ModelHandle | None = None,
+        notice: Callable[[str], None] = _on_stderr,
+    ) -> None:
         self.info = info
         self.cache = cache
         self.load_seconds = 0.0
+        self.token_budget: int | None = None  # None: the plan's own
+        self.notice = notice  # told once when the budget is first cut down; a no-op under --quiet
         self._load = load
         self._handle = handle
         self._encoder: Encoder | None = None
@@ -85,8 +106,24 @@ class ModelSource:
         return model if isinstance(model, ModelSource) else cls(model.info, lambda: model)
 
     @classmethod
-    def for_handle(cls, handle: ModelHandle, cache: VectorCache | None) -> ModelSource:
-        return cls(handle.info, handle.load, cache=cache, handle=handle)
+    def for_handle(cls, handle: ModelHandle, cache: VectorCache | None, notice: Callable[[str], None] = _on_stderr) -> ModelSource:
+        return cls(handle.info, handle.load, cache=cache, handle=handle, notice=notice)
+
+    def plan(self, plan: BatchPlan) -> BatchPlan:
+        """`plan` within the token budget the device has shown it can take."""
+        return plan.with_token_budget(self.token_budget)
+
+    def cut_budget(self, failed_tokens: int, stats: EncodeStats) -> None:
+        """A batch of `failed_tokens` padded tokens ran out of device memory: batches hold at most half that from now on."""
+        budget = max(1, failed_tokens // 2)
+        if self.token_budget is None:
+            self.notice(
+                f"sbert: out of GPU memory on a batch of {failed_tokens:,} padded tokens; batches hold at most "
+                f"{budget:,} padded tokens for the rest of the run"
+            )
+        self.token_budget = budget if self.token_budget is None else min(budget, self.token_budget)
+        stats.out_of_memory += 1
+        stats.token_budget = self.token_budget
 
     def encoder(self) -> Encoder:
         with self._lock:
@@ -115,8 +152,9 @@ class TextWork:
     vectors: np.ndarray  # [distinct, dim], filled from the cache now and by the encoder later
     n_tokens: np.ndarray  # untruncated token counts of the distinct texts
     missing: list[int]  # distinct texts the cache did not have
+    plan: BatchPlan  # what the batches were cut by
     tokens: Tokenized | None = None  # of the missing texts
-    batches: list[list[int]] = field(default_factory=list)
+    batches: list[np.ndarray] = field(default_factory=list)  # indices into `tokens`
 
 
 def prepare_texts(texts: list[str], source: ModelSource, plan: BatchPlan, stats: EncodeStats) -> TextWork:
@@ -124,7 +162,8 @@ def prepare_texts(texts: list[str], source: ModelSource, plan: BatchPlan, stats:
     distinct: dict[str, int] = {}
     slots = np.fromiter((distinct.setdefault(text, len(distinct)) for text in texts), dtype=np.int64, count=len(texts))
     unique = list(distinct)
-    work = TextWork(slots, unique, np.zeros((len(unique), source.info.dim), np.float32), np.zeros(len(unique), np.int64), list(range(len(unique))))
+    vectors, n_tokens = np.zeros((len(unique), source.info.dim), np.float32), np.zeros(len(unique), np.int64)
+    work = TextWork(slots, unique, vectors, n_tokens, list(range(len(unique))), source.plan(plan))
     stats.repeated += len(texts) - len(unique)
     if source.cache is not None and unique:
         started = time.perf_counter()
@@ -139,37 +178,104 @@ def prepare_texts(texts: list[str], source: ModelSource, plan: BatchPlan, stats:
         started = time.perf_counter()
         work.tokens = encoder.tokenize([unique[index] for index in work.missing])
         work.n_tokens[work.missing] = work.tokens.n_tokens
-        work.batches = plan.cut([len(ids) for ids in work.tokens.ids])
+        work.batches = work.plan.cut(work.tokens.lengths)
         stats.stage_seconds["tokenize"] += time.perf_counter() - started
     return work
 
 
 def finish_texts(
-    work: TextWork, source: ModelSource, stats: EncodeStats, *, hooks: Hooks = Hooks(), on_batch: Callable[[float], None] | None = None
+    work: TextWork,
+    source: ModelSource,
+    stats: EncodeStats,
+    *,
+    hooks: Hooks = Hooks(),
+    on_batch: Callable[[float], None] | None = None,
+    name_row: Callable[[int], str] | None = None,
 ) -> np.ndarray:
-    """Encode what prepare_texts left, store it in the cache, and return one vector per row of the window."""
+    """Encode what prepare_texts left, store it in the cache, and return one vector per row of the window.
+
+    `name_row` names a row of the window (by its position) in an error about it.
+    """
     if work.tokens is not None:
-        encoder = source.encoder()
-        lengths = [len(ids) for ids in work.tokens.ids]
-        outputs = []
-        started = time.perf_counter()
-        for done, batch in enumerate(work.batches, 1):
+        tokens = work.tokens
+        done = 0
+
+        def after_batch(rows: int) -> None:
+            nonlocal done
             hooks.check_stop()
-            outputs.append(encoder.embed([work.tokens.ids[i] for i in batch]))
+            done += rows
             if on_batch is not None:
-                on_batch(done / len(work.batches))
+                on_batch(min(1.0, done / len(tokens)))
+
+        def name_missing(index: int) -> str:
+            position = int(np.flatnonzero(work.slots == work.missing[index])[0])
+            return name_row(position) if name_row is not None else f"text {position + 1}"
+
+        plan = source.plan(work.plan)
+        batches = work.batches if plan == work.plan else plan.cut(tokens.lengths)  # the budget was cut since
+        started = time.perf_counter()
+        # Without cache hits the encoder writes into the window's own array: no second copy of its vectors.
+        everything = len(work.missing) == len(work.texts)
+        vectors = work.vectors if everything else np.zeros((len(tokens), source.info.dim), dtype=np.float32)
+        embed_tokens(tokens, batches, vectors, source, plan, stats, after_batch=after_batch, name_row=name_missing)
+        if not everything:
+            work.vectors[work.missing] = vectors
         stats.stage_seconds["forward"] += time.perf_counter() - started
-        stats.batches += len(work.batches)
-        stats.encoded += len(lengths)
-        stats.real_tokens += sum(lengths)
-        stats.padded_tokens += sum(lengths[batch[0]] * len(batch) for batch in work.batches)
-        work.vectors[work.missing] = restore_order(len(lengths), work.batches, outputs)
+        stats.encoded += len(tokens)
+        stats.real_tokens += int(tokens.lengths.sum())
         if source.cache is not None:
             started = time.perf_counter()
             missing_texts = [work.texts[index] for index in work.missing]
-            source.cache.store(source.profile(), missing_texts, work.vectors[work.missing], work.tokens.n_tokens)
+            source.cache.store(source.profile(), missing_texts, work.vectors[work.missing], tokens.n_tokens)
             stats.stage_seconds["cache"] += time.perf_counter() - started
-    return work.vectors[work.slots]
+    return work.vectors if len(work.texts) == len(work.slots) else work.vectors[work.slots]  # no repeats: rows are the texts
+
+
+def embed_tokens(
+    tokens: Tokenized,
+    batches: list[np.ndarray],
+    vectors: np.ndarray,
+    source: ModelSource,
+    plan: BatchPlan,
+    stats: EncodeStats,
+    *,
+    after_batch: Callable[[int], None],
+    name_row: Callable[[int], str],
+) -> None:
+    """Every tokenized text's vector into `vectors` [texts, dim], in their order.
+
+    A batch that runs out of device memory halves the token budget for the rest of the run and what is left is
+    re-cut; only a row that cannot fit alone fails the run. A row whose vector is not finite (an fp16
+    overflow) is re-run at fp32, so no NaN or inf is ever written.
+    """
+    lengths = tokens.lengths
+
+    def run_within_memory(encoder: Encoder, pending: list[np.ndarray], after_batch: Callable[[int], None]) -> None:
+        while pending:
+            ran = encoder.embed_batches(tokens, pending, vectors, after_batch)
+            stats.batches += ran
+            stats.padded_tokens += sum(int(lengths[rows].max()) * len(rows) for rows in pending[:ran])
+            if ran == len(pending):
+                return
+            failed = pending[ran]
+            longest = int(lengths[failed].max())
+            if len(failed) == 1:
+                raise ModelError(f"{name_row(int(failed[0]))}: out of GPU memory on this text alone ({longest} tokens); pass --max-length lower")
+            source.cut_budget(longest * len(failed), stats)
+            rest = np.concatenate(pending[ran:])
+            pending = [rest[rows] for rows in source.plan(plan).cut(lengths[rest])]
+
+    encoder = source.encoder()
+    run_within_memory(encoder, batches, after_batch)
+    overflowed = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+    if overflowed.size:
+        fp32 = encoder.at_fp32()
+        if fp32 is not encoder:
+            run_within_memory(fp32, [overflowed[rows] for rows in source.plan(plan).cut(lengths[overflowed])], lambda rows: None)
+            stats.fp32_rows += len(overflowed)
+            overflowed = overflowed[~np.isfinite(vectors[overflowed]).all(axis=1)]
+        if overflowed.size:
+            raise ModelError(f"{name_row(int(overflowed[0]))}: the model's vector is not finite even at fp32; its weights may be damaged")
 
 
 def embed_texts(texts: list[str], model: Encoder | ModelSource, plan: BatchPlan = BatchPlan()) -> np.ndarray:
@@ -178,8 +284,19 @@ def embed_texts(texts: list[str], model: Encoder | ModelSource, plan: BatchPlan 
     if not texts:
         return np.zeros((0, source.info.dim), dtype=np.float32)
     stats = EncodeStats()
-    parts = [finish_texts(prepare_texts(window, source, plan, stats), source, stats) for window in iter_windows(texts, plan.chunk_size)]
+    plan = plan.for_device(source.info.device)
+    parts: list[np.ndarray] = []
+    start = 0
+    for window in iter_windows(texts, plan.chunk_size or len(texts)):
+        work = prepare_texts(window, source, plan, stats)
+        parts.append(finish_texts(work, source, stats, name_row=lambda position, start=start: _quoted(texts, start + position)))
+        start += len(window)
     return np.concatenate(parts)
+
+
+def _quoted(texts: list[str], index: int) -> str:
+    text = texts[index]
+    return f"text {index + 1} ('{text[:20]}{'...' if len(text) > 20 else ''}')"
 
 
 @dataclass
@@ -217,10 +334,11 @@ def run_encode(job: EncodeJob, hooks: Hooks, extent: Extent) -> RunReport:
     with open_sink(job, handle.info) as sink:
         if sink.complete:
             return RunReport(EncodeStats(nothing_to_do=True), handle.info, sink.rejects_shown)
-        source = ModelSource.for_handle(handle, cache)
+        source = ModelSource.for_handle(handle, cache, hooks.notice)
         plan = job.plan.for_device(handle.info.device)
         stats = encode_rows(
-            iter_rows(job.input, extent), source=source, sink=sink, plan=plan, skip_bad_rows=job.skip_bad_rows, hooks=hooks, extent=extent
+            iter_rows(job.input, extent), source=source, sink=sink, plan=plan, skip_bad_rows=job.skip_bad_rows, hooks=hooks, extent=extent,
+            input_name=job.input.name,
         )
         if stats.rows + stats.rejected + stats.resumed_rows == 0:
             raise InputDataError(f"{job.input.name}: no rows to encode")
@@ -229,11 +347,11 @@ def run_encode(job: EncodeJob, hooks: Hooks, extent: Extent) -> RunReport:
     return RunReport(stats, handle.info, sink.rejects_shown)
 
 
-def model_source(options: ModelOptions, cache_path: str | None) -> ModelSource:
+def model_source(options: ModelOptions, cache_path: str | None, notice: Callable[[str], None] = _on_stderr) -> ModelSource:
     """The model for sim and evaluate: described now, loaded only if the cache cannot answer."""
     from sbert_cli.encoder import open_model
 
-    return ModelSource.for_handle(open_model(options), open_cache(cache_path))
+    return ModelSource.for_handle(open_model(options), open_cache(cache_path), notice)
 
 
 def open_cache(path: str | None) -> VectorCache | None:
@@ -245,7 +363,15 @@ def open_cache(path: str | None) -> VectorCache | None:
 
 
 def encode_rows(
-    rows: Iterable[Record | BadRow], *, source: ModelSource, sink: Sink, plan: BatchPlan, skip_bad_rows: bool, hooks: Hooks, extent: Extent
+    rows: Iterable[Record | BadRow],
+    *,
+    source: ModelSource,
+    sink: Sink,
+    plan: BatchPlan,
+    skip_bad_rows: bool,
+    hooks: Hooks,
+    extent: Extent,
+    input_name: str = "input",
 ) -> EncodeStats:
     """Stream rows through the model into the sink, shard by shard; memory holds a few windows, never the input.
 
@@ -258,7 +384,9 @@ def encode_rows(
     tracker = _ProgressTracker(hooks.progress, extent)
     current: int | None = None
     try:
-        # Reading, deduplicating, looking up and tokenizing the next window, and writing the last one, overlap this one's forward pass.
+        # Reading, deduplicating, looking up and tokenizing the next window, and writing the last one, overlap this
+        # one's forward pass. Those three are the only windows in memory: prefetch starts the next one only once
+        # this one is taken, and the writer takes a window only once it has written the last.
         for window in prefetch(windows, depth=1):
             on_batch = tracker.start(window)
             if window.shard in sink.done:
@@ -273,9 +401,10 @@ def encode_rows(
                     stats.shards_written += 1
                 writer.start_shard(window.shard)
                 current = window.shard
-            _encode_window(window, source, writer, stats, hooks=hooks, on_batch=on_batch)
+            _encode_window(window, source, writer, stats, hooks=hooks, on_batch=on_batch, input_name=input_name)
             tracker.window_done(window)
             hooks.check_stop()
+            del window, on_batch  # the writer holds what it still needs; the window's tokens and texts go now
         if current is not None and current not in sink.done:
             writer.finish_shard()
             stats.shards_written += 1
@@ -288,12 +417,24 @@ def encode_rows(
 
 
 def _encode_window(
-    window: _Window, source: ModelSource, writer: BackgroundSink, stats: EncodeStats, *, hooks: Hooks, on_batch: Callable[[float], None] | None
+    window: _Window,
+    source: ModelSource,
+    writer: BackgroundSink,
+    stats: EncodeStats,
+    *,
+    hooks: Hooks,
+    on_batch: Callable[[float], None] | None,
+    input_name: str,
 ) -> None:
     writer.reject(window.rejects)
     stats.rejected += len(window.rejects)
     if window.work is not None:
-        vectors = finish_texts(window.work, source, stats, hooks=hooks, on_batch=on_batch)
+
+        def name_row(position: int) -> str:
+            record = window.records[position]
+            return f"{input_name}: row {record.row}" + (f" (id {record.id})" if record.id != record.row else "")
+
+        vectors = finish_texts(window.work, source, stats, hooks=hooks, on_batch=on_batch, name_row=name_row)
         n_tokens = window.work.n_tokens[window.work.slots]
         stats.truncated += int((n_tokens > source.info.max_length).sum())
         writer.write(window.records, vectors, n_tokens.tolist())
@@ -355,13 +496,15 @@ class _ProgressTracker:
 class BackgroundSink:
     """Runs a sink's calls in order on a writer thread, so Parquet encoding and disk writes overlap the forward pass.
 
-    A failed call (a full disk) is re-raised in the caller's thread at its next call or at close().
+    One window is written at a time: write() waits until the sink is done with the previous calls, so the
+    window being written is the only one behind the one being encoded. A failed call (a full disk) is
+    re-raised in the caller's thread at its next call or at close().
     """
 
-    def __init__(self, sink: Sink, depth: int = 2) -> None:
+    def __init__(self, sink: Sink) -> None:
         self.sink = sink
         self.seconds = 0.0
-        self._calls: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._calls: queue.Queue[Any] = queue.Queue()
         self._error: BaseException | None = None
         self._abandoned = False
         self._thread = threading.Thread(target=self._run, name="sbert-writer", daemon=True)
@@ -371,6 +514,7 @@ class BackgroundSink:
         self._submit(self.sink.start_shard, index)
 
     def write(self, records: list[Record], vectors: np.ndarray, n_tokens: list[int]) -> None:
+        self._calls.join()  # the last window is written (and freed) before this one is handed over
         self._submit(self.sink.write, records, vectors, n_tokens)
 
     def reject(self, rows: list[BadRow]) -> None:
@@ -401,16 +545,23 @@ class BackgroundSink:
             raise self._error
 
     def _run(self) -> None:
-        while (call := self._calls.get()) is not None:
-            if self._error is not None or self._abandoned:
-                continue  # drain: the caller will see the failure or is aborting
-            method, args = call
-            started = time.perf_counter()
+        while True:
+            call = self._calls.get()
             try:
-                method(*args)
-            except BaseException as error:  # handed to the caller's thread
-                self._error = error
-            self.seconds += time.perf_counter() - started
+                if call is None:
+                    return
+                if self._error is not None or self._abandoned:
+                    continue  # drain: the caller will see the failure or is aborting
+                method, args = call
+                started = time.perf_counter()
+                try:
+                    method(*args)
+                except BaseException as error:  # handed to the caller's thread
+                    self._error = error
+                self.seconds += time.perf_counter() - started
+            finally:
+                del call  # a written window's arrays are freed now, not when the next call arrives
+                self._calls.task_done()
 
 
 class _Failure:
@@ -422,42 +573,44 @@ _DONE = object()
 
 
 def prefetch(items: Iterator[T], depth: int) -> Iterator[T]:
-    """Run `items` in a background thread, at most `depth` items ahead; its exceptions re-raise here."""
-    slots: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    """Run `items` in a background thread, at most `depth` items ahead of the consumer (the one being made
+    counts): the next item is started only once the consumer has taken the one before. Its exceptions
+    re-raise here."""
+    ready: queue.Queue[Any] = queue.Queue()
+    room = threading.Semaphore(depth)
     stop = threading.Event()
 
     def produce() -> None:
         try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        slots.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+            iterator = iter(items)
+            while True:
+                while not room.acquire(timeout=0.1):
+                    if stop.is_set():
+                        return
                 if stop.is_set():
                     return
-            slots.put(_DONE)
+                item = next(iterator, _DONE)
+                ready.put(item)
+                if item is _DONE:
+                    return
         except BaseException as error:  # handed to the consumer, which re-raises it in the main thread
-            slots.put(_Failure(error))
+            ready.put(_Failure(error))
 
     thread = threading.Thread(target=produce, name="sbert-prefetch", daemon=True)
     thread.start()
     try:
         while True:
-            item = slots.get()
+            item = ready.get()
             if item is _DONE:
                 return
             if isinstance(item, _Failure):
                 raise item.error
+            room.release()
             yield item
+            del item  # not kept alive while the next one is awaited
     finally:
         stop.set()
-        # Unblock a producer waiting on a full queue and let it finish its current item; one blocked
-        # on a read that never returns (an idle stdin) is a daemon and is left behind after a while.
-        deadline = time.monotonic() + 5.0
-        while thread.is_alive() and time.monotonic() < deadline:
-            try:
-                slots.get_nowait()
-            except queue.Empty:
-                thread.join(timeout=0.1)
+        room.release()  # wake a producer waiting for room, so it sees the stop
+        # Let the producer finish its current item; one blocked on a read that never returns (an idle
+        # stdin) is a daemon and is left behind after a while.
+        thread.join(timeout=5.0)

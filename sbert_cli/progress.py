@@ -43,6 +43,13 @@ class ProgressBar:
         unit = "B" if self._bytes else " rows"
         self._bar = tqdm(total=total, unit=unit, unit_scale=self._bytes, file=self.stream, dynamic_ncols=True, smoothing=0.1, mininterval=0.1)
 
+    def write(self, message: str) -> None:
+        """A line on the stream above the bar, which is redrawn below it."""
+        if self._bar is None:
+            print(message, file=self.stream, flush=True)
+        else:
+            self._bar.write(message, file=self.stream)
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()

@@ -71,7 +71,7 @@ def read_files(batch: Any, job: EncodeJob, several: bool) -> Iterator[Any]:
         spec = InputSpec(path, detect_format(path, explicit), job.input.text_column, job.input.id_column)
         rejects = RejectsWriter(str(rejects_dir / f"{_file_key(path)}.rejects.jsonl"))
         try:
-            for window in iter_windows(iter_rows(spec), job.plan.chunk_size):
+            for window in iter_windows(iter_rows(spec), window_rows(job)):
                 good, bad = split_window(window, job.skip_bad_rows)
                 rejects.add(bad)
                 if not good:
@@ -83,6 +83,13 @@ def read_files(batch: Any, job: EncodeJob, several: bool) -> Iterator[Any]:
         except BaseException:
             rejects.abort()
             raise
+
+
+def window_rows(job: EncodeJob) -> int:
+    """Rows a read task yields at a time and an actor encodes at a time: --chunk-size, or auto for the actors' device."""
+    assert job.ray is not None
+    device = "cuda" if job.ray.gpus_per_worker or job.model.device.startswith("cuda") else "cpu"
+    return job.plan.for_device(device).chunk_size or 1
 
 
 def _file_key(path: str) -> str:
@@ -199,7 +206,7 @@ def _write_dataset(job: EncodeJob, plan: RayPlan, layout: DirectoryLayout) -> No
     dataset = dataset.map_batches(
         EncodeBatches,
         fn_constructor_kwargs={"job": job},
-        batch_size=job.plan.chunk_size,
+        batch_size=window_rows(job),
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=plan.workers),
         num_cpus=job.ray.cpus_per_worker,

@@ -24,6 +24,8 @@ def summary_line(stats: EncodeStats, info: ModelInfo, *, where: str, rejects: st
         parts.append(f"{stats.shards_written} shards encoded, {stats.shards_resumed} already done ({stats.resumed_rows} rows)")
     if cached:
         parts.append(f"{stats.cached} from the cache, {stats.encoded} encoded")
+    if stats.fp32_rows:
+        parts.append(f"{stats.fp32_rows} rows re-run at fp32")
     parts += [
         f"dim {info.dim}",
         f"{info.precision} on {info.device}",
@@ -53,10 +55,15 @@ def timings_line(stats: EncodeStats) -> str:
     padding = stats.padded_tokens / stats.real_tokens if stats.real_tokens else 1.0
     forward = stats.stage_seconds["forward"]
     rate = stats.real_tokens / forward if forward > 0 else 0.0
+    memory = (
+        f"; out of device memory {stats.out_of_memory} times, batches then cut to {stats.token_budget} padded tokens"
+        if stats.out_of_memory
+        else ""
+    )
     return (
         f"sbert: stages (overlapping threads): {stages}; model load {stats.load_seconds:.1f} s; "
         f"{stats.encoded} texts encoded, {stats.repeated} repeats reused; {stats.real_tokens} real tokens "
-        f"in {stats.batches} batches, padding {padding:.2f}x, {rate:.0f} tokens/s"
+        f"in {stats.batches} batches, padding {padding:.2f}x, {rate:.0f} tokens/s{memory}"
     )
 
 

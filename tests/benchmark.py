@@ -16,7 +16,12 @@ beforehand (not timed), as its documentation recommends.
     python -m tests.benchmark --quick              # 300 rows, 1 round
     python -m tests.benchmark --rows 11000 --rounds 1 --contenders sbert-auto,st-bf16,st-openvino
     python -m tests.benchmark --cache-figures      # re-runs with --cache, 10% new rows, duplicated texts
-    python -m tests.benchmark --device cuda --rows 50000 --rounds 1   # on a GPU: sbert vs sentence-transformers fp16
+    python -m tests.benchmark --device cuda        # on a GPU: 100,000 rows, sbert's defaults vs ST .half() at batch 32/128/512
+    python -m tests.benchmark --device cuda --rows 300000 --contenders sbert-auto,st-fp16-512
+    python -m tests.benchmark --device cuda --oom-check   # 60,000 rows of 256 tokens in one forced batch: recovers
+
+On a GPU the table adds real tokens/s (the corpus' tokens over the time after start-up), the share of the
+measured fp16 matmul peak, GPU memory, and every contender's min cosine to ST fp32 on the same GPU.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ SETS = [
     "pawsx/PAWSX.valid.data",
     "xiaobu/dev.txt",
 ]
+# The test splits and ATEC: more distinct sentences for the GPU's large corpora.
+EXTRA_SETS = ["csts/STS-B.train.data", "lcqmc/LCQMC.test.data", "bq/BQ.test.data", "pawsx/PAWSX.test.data", "atec/ATEC.valid.data", "atec/ATEC.test.data"]
 MAX_SEQ_LENGTH = 256
 
 # A peer's child: encode the corpus, write the same Parquet sbert writes, print peak RSS. Needs only
@@ -59,7 +66,7 @@ if kind == "st-openvino":
     model = SentenceTransformer(model, backend="openvino", device="cpu")
 else:
     model = SentenceTransformer(model, device=device)
-    if device != "cpu" and kind == "st-fp16":
+    if device != "cpu" and kind.startswith("st-fp16"):
         model = model.half()  # half precision on CUDA the way sentence-transformers documents it
 autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=kind == "st-bf16")
 with autocast:
@@ -79,7 +86,9 @@ try:
     app(sys.argv[1:])
 except SystemExit as done:
     assert not done.code, done.code
-print(json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "gpu_mib": 0.0}))
+torch = sys.modules.get("torch")
+gpu = torch.cuda.max_memory_allocated() / 2**20 if torch is not None and torch.cuda.is_initialized() else 0.0
+print(json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "gpu_mib": gpu}))
 '''
 
 
@@ -88,6 +97,7 @@ class Contender:
     name: str
     precision: str  # the precision its FLOPs are compared against: fp32, bf16 or fp16
     label: str
+    batch_size: int | None = None  # a peer's encode(batch_size=...); None: --batch-size (sbert: its own auto on CUDA)
 
 
 CPU_CONTENDERS = {
@@ -98,8 +108,11 @@ CPU_CONTENDERS = {
     "st-openvino": Contender("st-openvino", "bf16", "sentence-transformers OpenVINO"),
 }
 GPU_CONTENDERS = {
-    "sbert-auto": Contender("sbert-auto", "fp16", "sbert encode (default: fp16)"),
-    "st-fp16": Contender("st-fp16", "fp16", "sentence-transformers .half()"),
+    "sbert-auto": Contender("sbert-auto", "fp16", "sbert encode (defaults: fp16, auto batches)"),
+    "st-fp16-32": Contender("st-fp16-32", "fp16", "sentence-transformers .half(), batch 32", 32),
+    "st-fp16-128": Contender("st-fp16-128", "fp16", "sentence-transformers .half(), batch 128", 128),
+    "st-fp16-512": Contender("st-fp16-512", "fp16", "sentence-transformers .half(), batch 512", 512),
+    "st-fp32": Contender("st-fp32", "fp32", "sentence-transformers fp32, batch 128", 128),
 }
 
 
@@ -130,27 +143,44 @@ def build_standin(directory: Path) -> Path:
 
 
 def build_corpus(path: Path, rows: int, seed: int = 0) -> list[str]:
-    """Unique sentences of the seven sets, shuffled with a fixed seed, plus ~10% paragraphs of consecutive sentences."""
+    """Unique sentences of the seven sets, shuffled with a fixed seed, plus ~10% paragraphs of consecutive sentences.
+
+    Every text is distinct (sbert encodes a repeated text once, sentence-transformers every time). Beyond the
+    seven sets' 59,000 sentences (the GPU's corpora), the other files of the data folder are drawn on too, and
+    beyond those, the sentences again with a number appended.
+    """
+    sentences = unique_sentences(SETS)
+    wanted = rows - rows // 10
+    if wanted > len(sentences):
+        sentences = list(dict.fromkeys(sentences + unique_sentences(EXTRA_SETS)))
+        copy = 1
+        while wanted > len(sentences):
+            sentences += [f"{text}（{copy}）" for text in sentences[: wanted - len(sentences)]]
+            copy += 1
+    rng = random.Random(seed)
+    paragraphs: dict[str, None] = {}
+    while len(paragraphs) < rows // 10:
+        start, target, parts = rng.randrange(len(sentences)), rng.randint(100, 500), []
+        while sum(map(len, parts)) < target:
+            parts.append(sentences[(start + len(parts)) % len(sentences)])
+        paragraphs.setdefault("，".join(parts)[:500], None)
+    texts = rng.sample(sentences, wanted) + list(paragraphs)
+    rng.shuffle(texts)
+    write_corpus(path, texts)
+    return texts
+
+
+def unique_sentences(files: list[str]) -> list[str]:
+    """The distinct sentences of pair files (two text fields, then the label), in file order."""
     unique: dict[str, None] = {}
-    for name in SETS:
+    for name in files:
         for line in (SHARED / name).read_text(encoding="utf-8").split("\n"):
             fields = line.split("\t")
             if len(fields) >= 3:
                 for text in fields[:2]:
                     if text.strip():
                         unique.setdefault(text, None)
-    sentences = list(unique)
-    rng = random.Random(seed)
-    paragraphs = []
-    for _ in range(rows // 10):
-        start, target, parts = rng.randrange(len(sentences)), rng.randint(100, 500), []
-        while sum(map(len, parts)) < target:
-            parts.append(sentences[(start + len(parts)) % len(sentences)])
-        paragraphs.append("，".join(parts)[:500])
-    texts = rng.sample(sentences, rows - len(paragraphs)) + paragraphs
-    rng.shuffle(texts)
-    write_corpus(path, texts)
-    return texts
+    return list(unique)
 
 
 def write_corpus(path: Path, texts: list[str]) -> None:
@@ -230,21 +260,29 @@ class Setup:
     openvino_model: Path | None
     openvino_python: str | None
     device: str
-    batch_size: int
+    batch_size: int | None  # for every contender; None: 32 on a CPU, and on CUDA sbert's auto and each peer's own
+
+
+def sbert_command(setup: Setup, corpus: Path, out: Path, *options: str) -> list[str]:
+    """`sbert encode` as a user runs it, in a child that prints its peak memory."""
+    args = [sys.executable, "-c", SBERT, "encode", str(corpus), "-o", str(out), "--model", str(setup.model_dir), "--device", setup.device]
+    if setup.batch_size is not None or setup.device == "cpu":
+        args += ["--batch-size", str(setup.batch_size or 32)]
+    return [*args, *options]
 
 
 def run_once(contender: Contender, setup: Setup, corpus: Path, out: Path) -> dict:
     """One fresh process, timed whole: interpreter start, imports, model load, encoding, the file on disk."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "true"}
+    batch_size = str(setup.batch_size or contender.batch_size or 32)
     if contender.name.startswith("sbert"):
         precision = "fp32" if contender.name == "sbert-fp32" else "auto"
-        args = [sys.executable, "-c", SBERT, "encode", str(corpus), "-o", str(out), "--model", str(setup.model_dir),
-                "--precision", precision, "--device", setup.device, "--batch-size", str(setup.batch_size), "-q"]
+        args = sbert_command(setup, corpus, out, "--precision", precision, "-q")
     elif contender.name == "st-openvino":
         assert setup.openvino_python and setup.openvino_model
-        args = [setup.openvino_python, "-c", PEER, contender.name, str(setup.openvino_model), str(corpus), str(out), "cpu", str(setup.batch_size)]
+        args = [setup.openvino_python, "-c", PEER, contender.name, str(setup.openvino_model), str(corpus), str(out), "cpu", batch_size]
     else:
-        args = [sys.executable, "-c", PEER, contender.name, str(setup.model_dir), str(corpus), str(out), setup.device, str(setup.batch_size)]
+        args = [sys.executable, "-c", PEER, contender.name, str(setup.model_dir), str(corpus), str(out), setup.device, batch_size]
     started = time.perf_counter()
     done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - started
@@ -264,7 +302,7 @@ def report(results: dict[str, list[dict]], startup: dict[str, float], contenders
     from sbert_cli.encoder import pick_precision
 
     median = {name: statistics.median(run["seconds"] for run in runs) for name, runs in results.items()}
-    base = median.get("st-fp32") or median.get("st-fp16")
+    base = median.get("st-fp32")
     header = f"{'contender':40} {'rows/s':>7} {'seconds':>8} {'x ST fp32':>9} {'start s':>7} {'% GEMM peak':>16} {'peak MiB':>8}"
     print(header)
     print("-" * len(header))
@@ -278,12 +316,74 @@ def report(results: dict[str, list[dict]], startup: dict[str, float], contenders
         ratio = f"{base / seconds:9.2f}" if base else f"{'n/a':>9}"
         peak_mib = max(run["peak_mib"] for run in results[contender.name])
         print(f"{contender.label:40} {rows / seconds:7.1f} {seconds:8.1f} {ratio} {startup.get(contender.name, float('nan')):7.1f} {share:>16} {peak_mib:8.0f}")
-    for peer in ("st-bf16", "st-openvino", "st-fp16"):
+    for peer in ("st-bf16", "st-openvino"):
         if peer in median and "sbert-auto" in median:
             print(f"sbert default vs {peer}: {median[peer] / median['sbert-auto']:.2f}x")
     if "sbert-fp32" in median and "st-fp32" in median:
         print(f"sbert fp32 vs st-fp32: {median['st-fp32'] / median['sbert-fp32']:.2f}x")
     print(f"corpus: {rows} rows, {tokens} real tokens ({tokens / rows:.1f} a row), {flops / 1e12:.2f} TFLOP a pass")
+
+
+def report_gpu(results: dict[str, list[dict]], startup: dict[str, float], contenders: list[Contender], rows: int, tokens: int, flops: float, peaks: dict[str, float]) -> None:
+    """The GPU table: whole-process seconds, and real tokens/s and the share of the matmul peak after start-up."""
+    median = {name: statistics.median(run["seconds"] for run in runs) for name, runs in results.items()}
+    header = f"{'contender':46} {'seconds':>8} {'rows/s':>8} {'tokens/s':>10} {'% of peak':>12} {'start s':>7} {'GPU MiB':>8} {'RSS MiB':>8}"
+    print(header)
+    print("-" * len(header))
+    after_startup = {name: max(seconds - startup.get(name, 0.0), 1e-9) for name, seconds in median.items()}
+    for contender in contenders:
+        if contender.name not in median:
+            continue
+        seconds, encoding = median[contender.name], after_startup[contender.name]
+        share = f"{100 * flops / (peaks[contender.precision] * 1e9) / encoding:5.1f}% {contender.precision}"
+        runs = results[contender.name]
+        gpu, rss = max(run["gpu_mib"] for run in runs), max(run["peak_mib"] for run in runs)
+        print(f"{contender.label:46} {seconds:8.1f} {rows / seconds:8.0f} {tokens / encoding:10.0f} {share:>12} {startup.get(contender.name, float('nan')):7.1f} {gpu:8.0f} {rss:8.0f}")
+    for peer in ("st-fp16-32", "st-fp16-128", "st-fp16-512"):
+        if peer in median and "sbert-auto" in median:
+            print(
+                f"sbert default vs {peer}: {median[peer] / median['sbert-auto']:.2f}x whole process, "
+                f"{after_startup[peer] / after_startup['sbert-auto']:.2f}x after start-up"
+            )
+    print(f"corpus: {rows} rows, {tokens} real tokens ({tokens / rows:.1f} a row), {flops / 1e12:.2f} TFLOP a pass")
+
+
+def gpu_description() -> str:
+    """The GPU's name, its driver, and the torch and CUDA versions the run used."""
+    import torch
+
+    driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
+    name = torch.cuda.get_device_name(0)
+    return f"{name}, driver {driver or 'unknown'}, torch {torch.__version__}, CUDA {torch.version.cuda}"
+
+
+def oom_check(setup: Setup, work: Path, rows: int) -> None:
+    """60,000 rows of 256 tokens in one batch the GPU cannot hold: the run cuts its budget, finishes, and matches
+    a default run (the out-of-memory acceptance of the pressure issue)."""
+    from sbert_cli.similarity import cosine_rows
+
+    sentences = unique_sentences(SETS)
+    rng = random.Random(3)
+    texts = []
+    for index in range(rows):  # distinct, and over 256 tokens before truncation
+        parts = [str(index)]
+        while sum(map(len, parts)) < 300:
+            parts.append(sentences[rng.randrange(len(sentences))])
+        texts.append("，".join(parts))
+    corpus = work / f"oom-{rows}.jsonl"
+    write_corpus(corpus, texts)
+    forced_options = ("--chunk-size", str(rows), "--batch-size", str(rows), "--max-tokens", "100000000", "--verbose")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for name, options in (("default", ("-q",)), ("forced", forced_options)):
+        started = time.perf_counter()
+        done = subprocess.run(sbert_command(setup, corpus, work / f"oom-{name}.parquet", *options), cwd=ROOT, env=env, capture_output=True, text=True)
+        print(f"{name} run ({' '.join(options)}): exit {done.returncode}, {time.perf_counter() - started:.1f} s")
+        for line in done.stderr.strip().splitlines()[-4:]:
+            print(f"  {line}")
+        if done.returncode != 0:
+            return
+    cosine = cosine_rows(load_vectors(work / "oom-forced.parquet"), load_vectors(work / "oom-default.parquet")).min()
+    print(f"{rows} rows of 256 tokens: min cosine of the forced run to the default run {cosine:.6f}")
 
 
 def cache_figures(setup: Setup, work: Path, rows: int) -> None:
@@ -299,8 +399,8 @@ def cache_figures(setup: Setup, work: Path, rows: int) -> None:
     cache.unlink(missing_ok=True)
 
     def timed(corpus: str, out: str, *options: str) -> float:
-        args = [sys.executable, "-c", SBERT, "encode", str(work / corpus), "-o", str(work / out), "--model", str(setup.model_dir), "-q", *options]
         started = time.perf_counter()
+        args = sbert_command(setup, work / corpus, work / out, "-q", *options)
         subprocess.run(args, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True, capture_output=True)
         return time.perf_counter() - started
 
@@ -321,8 +421,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int)
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--contenders", help="comma-separated names (default: all that apply here)")
-    parser.add_argument("--device", default="cpu", help="cpu, or cuda: sbert and sentence-transformers both at fp16")
-    parser.add_argument("--batch-size", type=int, help="rows a batch for every contender (default 32 on CPU, 128 on CUDA)")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda: sbert's defaults against sentence-transformers at fp16")
+    parser.add_argument("--batch-size", type=int, help="rows a batch for every contender (default: 32 on CPU; on CUDA sbert's auto and each peer's own)")
+    parser.add_argument("--oom-check", action="store_true", help="on CUDA: 60,000 rows of 256 tokens forced into one batch, against a default run")
     parser.add_argument("--openvino-python", help="an interpreter that already has sentence-transformers[openvino] and pyarrow")
     parser.add_argument("--cache-figures", action="store_true", help="time --cache re-runs and duplicated texts instead")
     parser.add_argument("--workdir", default=str(ROOT / "bench_out"))
@@ -332,15 +433,21 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     work = Path(args.workdir)
     work.mkdir(exist_ok=True)
-    rows = args.rows or (300 if args.quick else 2200)
-    rounds = args.rounds or (1 if args.quick else 2)
+    gpu = args.device != "cpu"
+    rows = args.rows or (300 if args.quick else 100_000 if gpu else 2200)
+    rounds = args.rounds or (1 if args.quick or gpu else 2)
     model_dir = build_standin(work / "standin")
     print(f"CPU: {cpu_description()}")
-    setup = Setup(model_dir, None, None, args.device, args.batch_size or (32 if args.device == "cpu" else 128))
+    if gpu:
+        print(f"GPU: {gpu_description()}")
+    setup = Setup(model_dir, None, None, args.device, args.batch_size)
     if args.cache_figures:
         cache_figures(setup, work, rows)
         return
-    table = CPU_CONTENDERS if args.device == "cpu" else GPU_CONTENDERS
+    if args.oom_check:
+        oom_check(setup, work, args.rows or 60_000)
+        return
+    table = GPU_CONTENDERS if gpu else CPU_CONTENDERS
     names = args.contenders.split(",") if args.contenders else list(table)
     from sbert_cli.encoder import cpu_has_native_bf16
 
@@ -355,7 +462,7 @@ def main() -> None:
     texts = build_corpus(corpus, rows)
     write_corpus(tiny, texts[:1])
     tokens, flops = corpus_flops(model_dir, texts)
-    precisions = ["fp32", "bf16"] if args.device == "cpu" else ["fp16"]
+    precisions = ["fp16", "fp32"] if gpu else ["fp32", "bf16"]
     peaks = {p: matmul_peak(p, args.device) for p in precisions}
     results: dict[str, list[dict]] = {}
     startup: dict[str, float] = {}
@@ -367,9 +474,10 @@ def main() -> None:
             results.setdefault(contender.name, []).append(result)
             print(f"  round {round_index + 1}: {contender.label:40} {rows / result['seconds']:7.1f} rows/s", flush=True)
     peaks = {p: max(peaks[p], matmul_peak(p, args.device)) for p in precisions}  # the best of before and after
-    print(f"\nCPU: {cpu_description()}" if args.device == "cpu" else f"\ndevice: {args.device}")
-    print("matmul peak (2048 x 768 x 3072): " + ", ".join(f"{p} {peaks[p]:.0f} GFLOP/s" for p in precisions))
-    report(results, startup, contenders, rows, tokens, flops, peaks)
+    print(f"\nGPU: {gpu_description()}" if gpu else f"\nCPU: {cpu_description()}")
+    shape = "65536" if gpu else "2048"
+    print(f"matmul peak ({shape} x 768 x 3072): " + ", ".join(f"{p} {peaks[p]:.0f} GFLOP/s" for p in precisions))
+    (report_gpu if gpu else report)(results, startup, contenders, rows, tokens, flops, peaks)
     parity(work, contenders)
     print("times are medians over rounds of whole processes (start to Parquet on disk); start-up is the same process on one row")
 

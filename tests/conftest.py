@@ -137,20 +137,33 @@ def chinese_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class FakeEncoder:
     """A deterministic stand-in: each row's vector depends only on its own tokens, so order bugs show."""
 
-    def __init__(self, dim: int = 4, max_length: int = 16) -> None:
+    def __init__(self, dim: int = 4, max_length: int = 16, record: bool = True) -> None:
         self.info = ModelInfo("fake", dim, "mean", False, max_length, "fp32", "cpu")
+        self.record = record  # keep what was tokenized and each batch's size, for tests to look at
         self.batches: list[int] = []
         self.tokenized: list[str] = []
 
     def tokenize(self, texts: list[str]) -> Tokenized:
-        self.tokenized += texts
+        if self.record:
+            self.tokenized += texts
         full = [[1] + [ord(ch) for ch in text] + [2] for text in texts]
         limit = self.info.max_length
-        return Tokenized([ids if len(ids) <= limit else ids[: limit - 1] + [2] for ids in full], [len(ids) for ids in full])
+        return Tokenized.from_lists([ids if len(ids) <= limit else ids[: limit - 1] + [2] for ids in full], [len(ids) for ids in full])
+
+    def embed_batches(self, tokens: Tokenized, batches, out: np.ndarray, after_batch) -> int:
+        ids = tokens.ids
+        for rows in batches:
+            out[rows] = self.embed([ids[row] for row in rows])
+            after_batch(len(rows))
+        return len(batches)
 
     def embed(self, ids: list[list[int]]) -> np.ndarray:
-        self.batches.append(len(ids))
+        if self.record:
+            self.batches.append(len(ids))
         return np.stack([fake_vector(row, self.info.dim) for row in ids])
+
+    def at_fp32(self) -> FakeEncoder:
+        return self
 
 
 def fake_vector(ids: list[int], dim: int) -> np.ndarray:
@@ -191,19 +204,11 @@ def fake_encoder(monkeypatch: pytest.MonkeyPatch) -> FakeEncoder:
     return encoder
 
 
-# A child process that runs the real `sbert` command with the fake encoder, each batch slowed by
-# FAKE_DELAY seconds so a test can interrupt it mid-run; it prints its peak RSS (KiB) last.
-FAKE_CLI_CHILD = """
-import os, resource, sys, time
-import sbert_cli.encoder
-from tests.conftest import FakeEncoder, FakeHandle
-
-class SlowFakeEncoder(FakeEncoder):
-    def embed(self, ids):
-        time.sleep(float(os.environ.get("FAKE_DELAY", "0")))
-        return super().embed(ids)
-
-sbert_cli.encoder.open_model = lambda options: FakeHandle(SlowFakeEncoder(dim=int(os.environ.get("FAKE_DIM", "4"))))
+def cli_child(setup: str = "") -> str:
+    """A child process's code: `setup`, then the real `sbert` command on its arguments; it prints its peak RSS
+    (KiB) last and exits with the command's code."""
+    return setup + """
+import resource, sys
 from sbert_cli.cli import app
 try:
     app(sys.argv[1:])
@@ -214,3 +219,19 @@ else:
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 sys.exit(code)
 """
+
+
+# A child process that runs the real `sbert` command with the fake encoder, each batch slowed by
+# FAKE_DELAY seconds so a test can interrupt it mid-run.
+FAKE_CLI_CHILD = cli_child("""
+import os, time
+import sbert_cli.encoder
+from tests.conftest import FakeEncoder, FakeHandle
+
+class SlowFakeEncoder(FakeEncoder):
+    def embed(self, ids):
+        time.sleep(float(os.environ.get("FAKE_DELAY", "0")))
+        return super().embed(ids)
+
+sbert_cli.encoder.open_model = lambda options: FakeHandle(SlowFakeEncoder(dim=int(os.environ.get("FAKE_DIM", "4")), record=False))
+""")

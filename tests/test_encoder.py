@@ -220,32 +220,6 @@ def test_auto_precision(monkeypatch: pytest.MonkeyPatch) -> None:
     assert str(error.value) == "--precision int8: expected one of auto, fp32, bf16, fp16"
 
 
-def test_out_of_memory_splits_the_batch_and_retries(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A batch that runs out of GPU memory is halved until it fits; the vectors do not change."""
-    import torch
-
-    encoder = load_encoder(str(tiny_model_dir), device="cpu", precision="fp32")
-    ids = encoder.tokenize(sample_texts()[:9]).ids
-    expected = encoder.embed(ids)
-    real_embed_once = encoder._embed_once
-    sizes = []
-
-    def embed_once(batch):
-        sizes.append(len(batch))
-        if len(batch) > 2:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_embed_once(batch)
-
-    monkeypatch.setattr(encoder, "_embed_once", embed_once)
-    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
-    np.testing.assert_allclose(encoder.embed(ids), expected, atol=1e-5)
-    assert sizes[0] == 9 and max(size for size in sizes if size <= 2) == 2
-    with pytest.raises(ModelError) as error:
-        monkeypatch.setattr(encoder, "_embed_once", lambda batch: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("oom")))
-        encoder.embed(ids[:1])
-    assert str(error.value) == f"CUDA out of memory on a single text of {len(ids[0])} tokens; pass --max-length lower"
-
-
 class _RunsCode:
     """A pickle payload: unpickling it runs a shell command."""
 

@@ -1,0 +1,160 @@
+"""BERT's encoder stack run from a checkpoint's weights alone (no transformers model), its matrix products left to a device."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+# The GELU variants BERT configs name, as torch and oneDNN call their approximations; other activations
+# (and other architectures) run through transformers instead.
+GELU_APPROXIMATIONS = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
+
+
+class Linears(Protocol):
+    """One device's matrix products: weights laid out once at load, multiplied with bias (and GELU) per batch."""
+
+    compute_dtype: Any  # the dtype the products run in
+    residual_dtype: Any  # the dtype of the residual stream, layer norms and the returned token states
+    row_granule: int  # row counts are padded to a multiple of this before the products (1: never)
+
+    def place(self, tensor: Any, dtype: Any) -> Any:
+        """A copy of `tensor` on the device in `dtype` that owns its memory (never a view of the checkpoint)."""
+        ...
+
+    def pack(self, matrix: Any, bias: Any) -> Any:
+        """A weight matrix [out, in] and its bias, laid out for this device's products."""
+        ...
+
+    def __call__(self, rows: Any, packed: Any, gelu: str | None) -> Any:
+        """rows [n, in] times the packed weights, plus bias, then GELU (`gelu` names its approximation) if asked."""
+        ...
+
+
+def bert_supported(config: dict[str, Any]) -> bool:
+    """Whether `config` is a plain BERT encoder that Bert runs."""
+    return (
+        config.get("model_type") == "bert"
+        and config.get("position_embedding_type", "absolute") == "absolute"
+        and config.get("hidden_act") in GELU_APPROXIMATIONS
+        and not config.get("is_decoder", False)
+    )
+
+
+@dataclass(frozen=True)
+class _Norm:
+    weight: Any
+    bias: Any
+    eps: float
+
+
+@dataclass(frozen=True)
+class _Layer:
+    qkv: Any  # query, key and value as one product: one pass over the activations, not three
+    attention_out: Any
+    attention_norm: _Norm
+    intermediate: Any
+    output: Any
+    output_norm: _Norm
+
+
+class Bert:
+    """A BERT encoder laid out once for inference by a device's Linears.
+
+    Attention is PyTorch's SDPA; a batch without padding gets no mask, which lets it take the unmasked
+    (flash) kernel. A weight the checkpoint lacks raises KeyError, and the caller falls back to transformers.
+    """
+
+    def __init__(self, weights: Mapping[str, Any], config: dict[str, Any], linears: Linears) -> None:
+        prefix = "bert." if "bert.embeddings.word_embeddings.weight" in weights else ""
+        self._weights = _Renamed(weights, prefix)
+        self.linears = linears
+        self.heads = int(config["num_attention_heads"])
+        self.gelu = GELU_APPROXIMATIONS[config["hidden_act"]]
+        self.eps = float(config.get("layer_norm_eps", 1e-12))
+        dtype = linears.compute_dtype
+        self.word = linears.place(self._tensor("embeddings.word_embeddings.weight"), dtype)
+        self.position = linears.place(self._tensor("embeddings.position_embeddings.weight"), dtype)
+        self.token_type = linears.place(self._tensor("embeddings.token_type_embeddings.weight")[0], dtype)
+        self.embedding_norm = self._norm("embeddings.LayerNorm")
+        self.layers = [self._layer(f"encoder.layer.{index}.") for index in range(int(config["num_hidden_layers"]))]
+        del self._weights  # the placed copies are all that is kept
+
+    def _tensor(self, name: str) -> Any:
+        return self._weights[name].detach()
+
+    def _norm(self, name: str) -> _Norm:
+        # Checkpoints converted from TensorFlow name a layer norm's parameters gamma and beta.
+        weight = self._weights.get(f"{name}.weight", self._weights.get(f"{name}.gamma"))
+        bias = self._weights.get(f"{name}.bias", self._weights.get(f"{name}.beta"))
+        if weight is None or bias is None:
+            raise KeyError(name)
+        dtype = self.linears.residual_dtype
+        return _Norm(self.linears.place(weight.detach(), dtype), self.linears.place(bias.detach(), dtype), self.eps)
+
+    def _packed(self, *names: str) -> Any:
+        import torch
+
+        matrix = torch.cat([self._tensor(f"{name}.weight") for name in names])
+        bias = torch.cat([self._tensor(f"{name}.bias") for name in names])
+        return self.linears.pack(matrix, bias)
+
+    def _layer(self, prefix: str) -> _Layer:
+        attention = f"{prefix}attention.self."
+        return _Layer(
+            qkv=self._packed(f"{attention}query", f"{attention}key", f"{attention}value"),
+            attention_out=self._packed(f"{prefix}attention.output.dense"),
+            attention_norm=self._norm(f"{prefix}attention.output.LayerNorm"),
+            intermediate=self._packed(f"{prefix}intermediate.dense"),
+            output=self._packed(f"{prefix}output.dense"),
+            output_norm=self._norm(f"{prefix}output.LayerNorm"),
+        )
+
+    def __call__(self, input_ids: Any, mask: Any | None) -> Any:
+        """Token states [batch, tokens, hidden] for input ids and a boolean attention mask (None: no padding)."""
+        import torch.nn.functional as F
+
+        linear, residual_dtype = self.linears, self.linears.residual_dtype
+        batch, length = input_ids.shape
+        hidden = self.word[input_ids].to(residual_dtype) + self.position[:length].to(residual_dtype) + self.token_type.to(residual_dtype)
+        width = hidden.shape[-1]
+        tokens = batch * length
+        rows = -(-tokens // linear.row_granule) * linear.row_granule
+        residual = _pad_rows(_layer_norm(hidden, self.embedding_norm).reshape(tokens, width), rows)
+        attend = None if mask is None else mask[:, None, None, :]
+        head_shape = (batch, length, 3, self.heads, width // self.heads)
+        for layer in self.layers:
+            qkv = linear(residual, layer.qkv, None)[:tokens].view(head_shape).permute(2, 0, 3, 1, 4)
+            context = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=attend)
+            context = _pad_rows(context.transpose(1, 2).reshape(tokens, width), rows)
+            residual = _layer_norm(residual + linear(context, layer.attention_out, None).to(residual_dtype), layer.attention_norm)
+            inner = linear(residual, layer.intermediate, self.gelu)
+            residual = _layer_norm(residual + linear(inner, layer.output, None).to(residual_dtype), layer.output_norm)
+        return residual[:tokens].view(batch, length, width)
+
+
+class _Renamed:
+    """The checkpoint's tensors under their names without `prefix` ("bert." in some checkpoints), read lazily."""
+
+    def __init__(self, weights: Mapping[str, Any], prefix: str) -> None:
+        self.weights = weights
+        self.prefix = prefix
+
+    def __getitem__(self, name: str) -> Any:
+        return self.weights[self.prefix + name]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.weights.get(self.prefix + name, default)
+
+
+def _pad_rows(matrix: Any, rows: int) -> Any:
+    """`matrix` with zero rows appended up to `rows` (itself when it has that many)."""
+    import torch.nn.functional as F
+
+    return matrix if matrix.shape[0] == rows else F.pad(matrix, (0, 0, 0, rows - matrix.shape[0]))
+
+
+def _layer_norm(hidden: Any, norm: _Norm) -> Any:
+    import torch.nn.functional as F
+
+    return F.layer_norm(hidden, (hidden.shape[-1],), norm.weight, norm.bias, norm.eps)
