@@ -7,10 +7,10 @@ from typing import Any
 
 from sbert_cli.bert import Bert, bert_supported
 
-# oneDNN (and ideep above it) keep a primitive per distinct GEMM row count, up to 1024 of them, at about
-# 1.2 MiB each for bert-base: with a row count per batch shape, a long run grew by hundreds of MiB before
-# levelling off. Padding row counts to a multiple of 64 leaves a third as many distinct counts (45 against
-# 110 on the bench's 11,000 rows); the padding rows cost 1.6% of the work there.
+# oneDNN (and ideep above it) keep a compiled kernel per distinct GEMM row count, up to 1024 of them: a long
+# run kept meeting new counts, one per batch shape. Padding row counts to a multiple of 64 leaves 45 counts
+# on the bench's 11,000 rows (110 unpadded) and at most 128 at the default batch options, which all
+# together hold under 100 MiB for bert-base; the padding rows cost 1.6% of the work on the bench corpus.
 ROW_GRANULE = 64
 
 

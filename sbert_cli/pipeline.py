@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import queue
 import sys
 import threading
@@ -203,6 +205,7 @@ def finish_texts(
         def after_batch(rows: int) -> None:
             nonlocal done
             hooks.check_stop()
+            return_freed_memory()
             done += rows
             if on_batch is not None:
                 on_batch(min(1.0, done / len(tokens)))
@@ -229,6 +232,27 @@ def finish_texts(
             source.cache.store(source.profile(), missing_texts, work.vectors[work.missing], tokens.n_tokens)
             stats.stage_seconds["cache"] += time.perf_counter() - started
     return work.vectors if len(work.texts) == len(work.slots) else work.vectors[work.slots]  # no repeats: rows are the texts
+
+
+def return_freed_memory() -> None:
+    """Hand the heap's free pages back to the kernel (glibc's malloc_trim; nothing where the C library is another).
+
+    glibc returns only the top of its heap by itself, and a forward pass's activations of many sizes leave
+    free holes below long-lived blocks (oneDNN's kernels, created as new shapes come): on bert-base, 30,000
+    rows peaked at 1.73 GiB, 0.4 GiB of it free memory. Called after every batch: it costs 0.2 ms, and no
+    measurable time once the pages are faulted in again.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # type: ignore[no-any-return]
+    except (OSError, AttributeError):  # not glibc
+        return None
 
 
 def embed_tokens(
