@@ -215,7 +215,7 @@ def sim(
     with _user_errors():
         if len(sentences) < 2:
             raise UsageError('sim needs at least two sentences: sbert sim "句子A" "句子B"')
-        vectors = embed_texts(sentences, model_source(ModelOptions(model, device, precision, max_length), cache, _notice(quiet=False)))
+        vectors = embed_texts(sentences, model_source(ModelOptions(model, device, precision, max_length), cache))
         scores = cosine_rows(vectors[1:], vectors[:1].repeat(len(sentences) - 1, axis=0))
         if as_json:
             similarities = [{"sentence": text, "cosine": float(score)} for text, score in zip(sentences[1:], scores)]

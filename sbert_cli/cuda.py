@@ -7,15 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sbert_cli.bert import Bert, bert_supported
+from sbert_cli.bert import Bert
 
 if TYPE_CHECKING:
     from sbert_cli.encoder import Forward, Tokenized
-
-
-def device_bert_supported(config: dict[str, Any]) -> bool:
-    """Whether `config` is a plain BERT encoder that runs on the GPU without transformers."""
-    return bert_supported(config)
 
 
 class TorchLinears:
@@ -90,7 +85,7 @@ class DeviceFeeder:
         """One batch queued on the device: its pooled (and normalised) float32 vectors, in the batch's order."""
         import torch
 
-        from sbert_cli.encoder import pool
+        from sbert_cli.encoder import sentence_vectors
 
         ids, lengths = tokens.padded(rows, self.pad_id)
         count, longest = ids.shape
@@ -99,8 +94,7 @@ class DeviceFeeder:
         # Whether the batch has padding is known on the host: asking the device would wait for it.
         padded = int(lengths.min()) < longest
         mask = torch.arange(longest, device=self.device) < staged[count * longest :, None] if padded else None
-        pooled = pool(self.forward(input_ids, mask).float(), mask, self.pooling)
-        return torch.nn.functional.normalize(pooled, p=2, dim=1) if self.normalize else pooled
+        return sentence_vectors(self.forward(input_ids, mask), mask, self.pooling, self.normalize)
 
 
 class Staging:

@@ -447,9 +447,10 @@ class TransformerEncoder:
 
             supported, build = fused_bert_supported(handle.config, dtype), lambda weights: fused_bert(weights, handle.config, dtype)
         else:
-            from sbert_cli.cuda import device_bert, device_bert_supported
+            from sbert_cli.bert import bert_supported
+            from sbert_cli.cuda import device_bert
 
-            supported, build = device_bert_supported(handle.config), lambda weights: device_bert(weights, handle.config, dtype, self.device)
+            supported, build = bert_supported(handle.config), lambda weights: device_bert(weights, handle.config, dtype, self.device)
         weights = _read_weights(source) if supported else None
         if weights is not None:
             try:
@@ -536,7 +537,7 @@ class TransformerEncoder:
 
     def embed(self, ids: list[list[int]]) -> np.ndarray:
         """Vectors of one batch of token id lists, in their order (a convenience for the Python API and tests)."""
-        tokens = Tokenized.from_lists(ids, [len(row) for row in ids])
+        tokens = Tokenized.from_lists(ids)
         out = np.zeros((len(ids), self.info.dim), dtype=np.float32)
         if self.embed_batches(tokens, [np.arange(len(ids))], out, lambda rows: None) < 1:
             raise ModelError(f"out of device memory on a batch of {len(ids)} texts")
@@ -549,10 +550,7 @@ class TransformerEncoder:
         mask = None if int(lengths.min()) == ids.shape[1] else torch.from_numpy(np.arange(ids.shape[1]) < lengths[:, None])
         with torch.inference_mode():
             hidden = self.forward(torch.from_numpy(ids).long(), mask)
-            pooled = pool(hidden.float(), mask, self.info.pooling)
-            if self.info.normalize:
-                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-        return pooled.numpy()
+            return sentence_vectors(hidden, mask, self.info.pooling, self.info.normalize).numpy()
 
     def at_fp32(self) -> Encoder:
         if self.info.precision == "fp32":
@@ -612,6 +610,14 @@ def release_device_memory() -> None:
     gc.collect()
     if torch.cuda.is_initialized():
         torch.cuda.empty_cache()
+
+
+def sentence_vectors(hidden: Any, mask: Any | None, pooling: str, normalize: bool) -> Any:
+    """float32 sentence vectors from a forward pass's token states: pooled, then L2-normalised if asked."""
+    import torch
+
+    pooled = pool(hidden.float(), mask, pooling)
+    return torch.nn.functional.normalize(pooled, p=2, dim=1) if normalize else pooled
 
 
 def pool(hidden: Any, mask: Any | None, mode: str) -> Any:

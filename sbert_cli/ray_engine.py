@@ -88,7 +88,9 @@ def read_files(batch: Any, job: EncodeJob, several: bool) -> Iterator[Any]:
 def window_rows(job: EncodeJob) -> int:
     """Rows a read task yields at a time and an actor encodes at a time: --chunk-size, or auto for the actors' device."""
     assert job.ray is not None
-    device = "cuda" if job.ray.gpus_per_worker or job.model.device.startswith("cuda") else "cpu"
+    from sbert_cli.batching import device_kind
+
+    device = "cuda" if job.ray.gpus_per_worker else device_kind(job.model.device)
     return job.plan.for_device(device).chunk_size or 1
 
 
