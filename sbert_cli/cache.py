@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from sbert_cli.errors import CacheError
+from sbert_cli.model.description import MODEL_FILE_PATTERNS
 
 FORMAT = "sbert-vector-cache"
 VERSION = "1"
@@ -51,33 +52,30 @@ class ProfileSummary:
     used: float
 
 
-class VectorCache:
-    """Vectors by SHA-256(profile, text). WAL mode: readers never wait; a writer waits for the other writer.
-
-    Every write is one transaction, so a run killed at any moment leaves the file as it was before or
-    after a whole window; nothing half-written is ever read back.
-    """
+class CacheFile:
+    """The SQLite file and its format: opened (or created) in WAL mode, refused untouched when it is not an sbert
+    cache, each write one transaction, and every SQLite failure one line naming the file."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         if Path(path).is_dir():
             raise CacheError(f"{path}: is a directory; --cache takes a file, e.g. --cache vectors.sqlite")
-        self._lock = threading.Lock()
-        with self._errors("open"):
-            self._db = sqlite3.connect(path, timeout=600, isolation_level=None, check_same_thread=False)
+        self.lock = threading.Lock()
+        with self.errors("open"):
+            self.db = sqlite3.connect(path, timeout=600, isolation_level=None, check_same_thread=False)
             if self._check_format():
                 return
-            self._db.execute("PRAGMA journal_mode=WAL")
-            with self._transaction():
+            self.db.execute("PRAGMA journal_mode=WAL")
+            with self.transaction():
                 for statement in filter(str.strip, _SCHEMA.split(";")):
-                    self._db.execute(statement)
-                self._db.executemany("INSERT OR IGNORE INTO sbert_cache VALUES (?, ?)", [("format", FORMAT), ("version", VERSION)])
+                    self.db.execute(statement)
+                self.db.executemany("INSERT OR IGNORE INTO sbert_cache VALUES (?, ?)", [("format", FORMAT), ("version", VERSION)])
 
     def _check_format(self) -> bool:
         """True for an sbert cache; False for a new, empty database; anything else is refused untouched."""
         try:
-            tables = {name for (name,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            rows = dict(self._db.execute("SELECT name, value FROM sbert_cache").fetchall()) if "sbert_cache" in tables else {}
+            tables = {name for (name,) in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            rows = dict(self.db.execute("SELECT name, value FROM sbert_cache").fetchall()) if "sbert_cache" in tables else {}
         except sqlite3.DatabaseError as exc:
             raise CacheError(f"{self.path}: not an sbert cache, or damaged ({exc}); pass another --cache file (it was not changed)") from None
         if not tables:
@@ -89,42 +87,56 @@ class VectorCache:
         return True
 
     @contextmanager
-    def _errors(self, action: str) -> Iterator[None]:
+    def errors(self, action: str) -> Iterator[None]:
         try:
             yield
         except sqlite3.DatabaseError as exc:
             raise CacheError(f"{self.path}: cannot {action} the cache ({exc}); move it aside and rerun to start a new one") from None
 
     @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
+    def transaction(self) -> Iterator[None]:
+        self.db.execute("BEGIN IMMEDIATE")
         try:
             yield
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self.db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
+        self.db.execute("COMMIT")
+
+    def size_bytes(self) -> int:
+        return sum(os.path.getsize(p) for p in (self.path, self.path + "-wal") if os.path.exists(p))
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()
+
+
+class Profiles:
+    """The profiles in a cache file: a model directory's fingerprint (each file's hash kept while its size and
+    mtime hold) with the options that change a vector, and the keys of texts under a profile."""
+
+    def __init__(self, file: CacheFile) -> None:
+        self.file = file
 
     def profile(self, model: str, directory: Path, description: dict[str, Any]) -> Profile:
         """The profile of a model directory (its files' fingerprint) with the options that change a vector."""
-        with self._lock, self._errors("read"):
+        file, db = self.file, self.file.db
+        with file.lock, file.errors("read"):
             fingerprint = self._fingerprint(directory)
             text = json.dumps({**description, "fingerprint": fingerprint}, sort_keys=True)
             digest = hashlib.sha256(text.encode()).digest()
             now = time.time()
-            with self._transaction():
-                self._db.execute(
+            with file.transaction():
+                db.execute(
                     "INSERT INTO profiles (digest, model, description, created, used) VALUES (?, ?, ?, ?, ?) "
                     "ON CONFLICT(digest) DO UPDATE SET used = excluded.used",
                     (digest.hex(), model, text, now, now),
                 )
-            (profile_id,) = self._db.execute("SELECT id FROM profiles WHERE digest = ?", (digest.hex(),)).fetchone()
+            (profile_id,) = db.execute("SELECT id FROM profiles WHERE digest = ?", (digest.hex(),)).fetchone()
         return Profile(profile_id, digest)
 
     def _fingerprint(self, directory: Path) -> str:
-        """SHA-256 over every weight, config and vocabulary file; a file's hash is reused while its size and mtime hold."""
-        from sbert_cli.encoder import MODEL_FILE_PATTERNS
-
+        """SHA-256 over every weight, config and vocabulary file."""
         files = sorted({path for pattern in MODEL_FILE_PATTERNS for path in directory.rglob(pattern) if path.is_file()})
         digest = hashlib.sha256()
         for path in files:
@@ -134,32 +146,50 @@ class VectorCache:
     def _file_sha256(self, path: Path) -> str:
         stat = path.stat()
         real = str(path.resolve())
-        row = self._db.execute("SELECT size, mtime_ns, sha256 FROM files WHERE path = ?", (real,)).fetchone()
+        db = self.file.db
+        row = db.execute("SELECT size, mtime_ns, sha256 FROM files WHERE path = ?", (real,)).fetchone()
         if row is not None and row[0] == stat.st_size and row[1] == stat.st_mtime_ns:
             return str(row[2])
         file_digest = hashlib.sha256()
         with open(path, "rb") as stream:
             while chunk := stream.read(1 << 22):
                 file_digest.update(chunk)
-        with self._transaction():
-            self._db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", (real, stat.st_size, stat.st_mtime_ns, file_digest.hexdigest()))
+        with self.file.transaction():
+            db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", (real, stat.st_size, stat.st_mtime_ns, file_digest.hexdigest()))
         return file_digest.hexdigest()
 
     @staticmethod
     def keys(profile: Profile, texts: Sequence[str]) -> list[bytes]:
         return [hashlib.sha256(profile.digest + b"\0" + text.encode("utf-8", "surrogatepass")).digest() for text in texts]
 
+
+class VectorCache:
+    """Vectors by SHA-256(profile, text): lookup and store for a run, summary and prune for `sbert cache`.
+
+    WAL mode: readers never wait; a writer waits for the other writer. Every write is one transaction, so a
+    run killed at any moment leaves the file as it was before or after a whole window; nothing half-written
+    is ever read back.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.file = CacheFile(path)
+        self.profiles = Profiles(self.file)
+
+    def profile(self, model: str, directory: Path, description: dict[str, Any]) -> Profile:
+        return self.profiles.profile(model, directory, description)
+
     def lookup(self, profile: Profile, texts: Sequence[str], dim: int) -> dict[int, tuple[np.ndarray, int]]:
         """The cached (vector, token count) of each text found, by its index in `texts`."""
-        keys = self.keys(profile, texts)
+        keys = self.profiles.keys(profile, texts)
         position = {key: index for index, key in enumerate(keys)}
         found: dict[int, tuple[np.ndarray, int]] = {}
-        with self._lock, self._errors("read"):
+        with self.file.lock, self.file.errors("read"):
             for start in range(0, len(keys), _LOOKUP_CHUNK):
                 chunk = keys[start : start + _LOOKUP_CHUNK]
                 marks = ",".join("?" * len(chunk))
                 query = f"SELECT key, n_tokens, vector FROM vectors WHERE key IN ({marks})"
-                for key, n_tokens, blob in self._db.execute(query, chunk):
+                for key, n_tokens, blob in self.file.db.execute(query, chunk):
                     vector = np.frombuffer(blob, dtype=np.float32)
                     if vector.shape == (dim,):
                         found[position[key]] = (vector, int(n_tokens))
@@ -169,38 +199,38 @@ class VectorCache:
         """Add freshly encoded vectors in one transaction (a concurrent run's copy of the same key is kept)."""
         rows = [
             (key, profile.id, int(count), np.ascontiguousarray(vector, dtype=np.float32).tobytes())
-            for key, vector, count in zip(self.keys(profile, texts), vectors, n_tokens)
+            for key, vector, count in zip(self.profiles.keys(profile, texts), vectors, n_tokens)
         ]
-        with self._lock, self._errors("write"), self._transaction():
-            self._db.executemany("INSERT OR IGNORE INTO vectors VALUES (?, ?, ?, ?)", rows)
+        with self.file.lock, self.file.errors("write"), self.file.transaction():
+            self.file.db.executemany("INSERT OR IGNORE INTO vectors VALUES (?, ?, ?, ?)", rows)
 
     def summary(self) -> list[ProfileSummary]:
         query = (
             "SELECT p.model, p.description, p.used, count(v.key), coalesce(sum(length(v.vector)), 0) "
             "FROM profiles p LEFT JOIN vectors v ON v.profile = p.id GROUP BY p.id ORDER BY p.model, p.used"
         )
-        with self._lock, self._errors("read"):
-            rows = self._db.execute(query).fetchall()
+        with self.file.lock, self.file.errors("read"):
+            rows = self.file.db.execute(query).fetchall()
         return [ProfileSummary(model, json.loads(text), count, size, used) for model, text, used, count, size in rows]
 
     def prune(self, keep_models: Sequence[str], unused_days: float | None) -> int:
         """Remove the vectors of profiles not kept; returns how many vectors went. The file shrinks too."""
         cutoff = time.time() - unused_days * 86400 if unused_days is not None else None
-        with self._lock, self._errors("write"):
-            profiles = self._db.execute("SELECT id, model, used FROM profiles").fetchall()
+        db = self.file.db
+        with self.file.lock, self.file.errors("write"):
+            profiles = db.execute("SELECT id, model, used FROM profiles").fetchall()
             doomed = [
                 pid for pid, model, used in profiles
                 if (keep_models and model not in keep_models) or (cutoff is not None and used < cutoff)
             ]
-            with self._transaction():
-                removed = sum(self._db.execute("DELETE FROM vectors WHERE profile = ?", (pid,)).rowcount for pid in doomed)
-                self._db.executemany("DELETE FROM profiles WHERE id = ?", [(pid,) for pid in doomed])
-            self._db.execute("VACUUM")
+            with self.file.transaction():
+                removed = sum(db.execute("DELETE FROM vectors WHERE profile = ?", (pid,)).rowcount for pid in doomed)
+                db.executemany("DELETE FROM profiles WHERE id = ?", [(pid,) for pid in doomed])
+            db.execute("VACUUM")
         return removed
 
     def size_bytes(self) -> int:
-        return sum(os.path.getsize(p) for p in (self.path, self.path + "-wal") if os.path.exists(p))
+        return self.file.size_bytes()
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.file.close()

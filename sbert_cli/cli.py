@@ -15,8 +15,9 @@ from typer.core import TyperGroup
 
 from sbert_cli import __version__
 from sbert_cli.errors import EXIT_WITH_REJECTS, SbertError, UsageError
-from sbert_cli.job import DEFAULT_MODEL, DEVICE_DEFAULTS, Dtype, EncodeJob, Engine, ModelOptions, OnError, Precision
-from sbert_cli.readers import InputFormat
+from sbert_cli.io.readers import InputFormat
+from sbert_cli.job import DEFAULT_MODEL, Dtype, EncodeJob, Engine, ModelOptions, OnError, Precision
+from sbert_cli.plan import DEVICE_DEFAULTS
 
 if TYPE_CHECKING:
     from sbert_cli.cache import VectorCache
@@ -128,8 +129,8 @@ def encode(
     gpus_per_worker: Annotated[float, typer.Option(min=0, rich_help_panel=RAY, help="GPUs each Ray actor reserves.")] = 0.0,
 ) -> None:
     """Encode a file of texts into vectors, written in input order."""
-    from sbert_cli.batching import BatchPlan
     from sbert_cli.job import RayOptions, input_spec, output_target
+    from sbert_cli.plan import BatchPlan
 
     with _user_errors():
         ray = RayOptions(ray_address, workers, cpus_per_worker, gpus_per_worker) if engine == "ray" else None
@@ -151,9 +152,9 @@ def encode(
 
 
 def _encode_locally(job: EncodeJob, quiet: bool, verbose: bool) -> int:
+    from sbert_cli.io.readers import Extent
     from sbert_cli.pipeline import Hooks, run_encode
     from sbert_cli.progress import progress_bar
-    from sbert_cli.readers import Extent
     from sbert_cli.report import summary_line, timings_line
     from sbert_cli.signals import stop_on_signals
 
@@ -209,7 +210,7 @@ def sim(
     as_json: Annotated[bool, typer.Option("--json", rich_help_panel=OUTPUT, help="One JSON object on stdout.")] = False,
 ) -> None:
     """Print the cosine similarity of the first sentence with each of the others, one per line."""
-    from sbert_cli.pipeline import embed_texts, model_source
+    from sbert_cli.embedding import embed_texts, model_source
     from sbert_cli.similarity import cosine_rows
 
     with _user_errors():
@@ -242,9 +243,9 @@ def evaluate(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel=OUTPUT, help="No messages on stderr.")] = False,
 ) -> None:
     """Spearman and Pearson (x100) of cosine similarity against gold labels, one column per file."""
-    from sbert_cli.batching import BatchPlan
+    from sbert_cli.embedding import model_source
     from sbert_cli.evaluate import name_pair_sets, parse_columns, read_pairs, score_pair_sets
-    from sbert_cli.pipeline import model_source
+    from sbert_cli.plan import BatchPlan
 
     with _user_errors():
         names = parse_columns(columns)

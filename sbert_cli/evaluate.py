@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sbert_cli.batching import BatchPlan
 from sbert_cli.errors import InputDataError, UsageError
-from sbert_cli.readers import EXTENSIONS, MISSING, BadRow, TableSpec, iter_fields
+from sbert_cli.io.readers import EXTENSIONS, MISSING, BadRow, TableSpec, iter_fields
+from sbert_cli.plan import BatchPlan
 from sbert_cli.similarity import average_ranks, cosine_rows, pearson, spearman
 
 if TYPE_CHECKING:
+    from sbert_cli.embedding import ModelSource
     from sbert_cli.encoder import Encoder
-    from sbert_cli.pipeline import ModelSource
 
 DEFAULT_COLUMNS = ("sentence1", "sentence2", "label")
 _COLUMNS_FIX = "--columns SENT1,SENT2,LABEL"
@@ -117,7 +117,7 @@ def name_pair_sets(sets: list[PairSet]) -> list[PairSet]:
 
 def score_pair_sets(sets: list[PairSet], model: Encoder | ModelSource, plan: BatchPlan = BatchPlan()) -> list[PairScore]:
     """Encode every distinct sentence of all files once, then correlate cosine similarity with the labels."""
-    from sbert_cli.pipeline import embed_texts
+    from sbert_cli.embedding import embed_texts
 
     index: dict[str, int] = {}
     for pair_set in sets:

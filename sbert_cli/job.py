@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, get_args
 
 from sbert_cli.errors import OutputError, UsageError
-from sbert_cli.readers import STDIN, InputFormat, InputSpec, detect_format
+from sbert_cli.io.readers import STDIN, InputSpec, detect_format
 
 if TYPE_CHECKING:
-    from sbert_cli.batching import BatchPlan
+    from sbert_cli.plan import BatchPlan
 
 DEFAULT_MODEL = "DMetaSoul/sbert-chinese-general-v1"
 STDOUT = "-"
@@ -23,26 +23,6 @@ OnError = Literal["fail", "skip"]
 Engine = Literal["local", "ray"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 OUTPUT_FORMATS = {".parquet": "parquet", ".npy": "npy", ".jsonl": "jsonl"}
-
-
-@dataclass(frozen=True)
-class DeviceDefaults:
-    """What `auto` means for the batching options on one kind of device."""
-
-    chunk_size: int  # rows read, sorted and planned at a time
-    batch_size: int  # rows in one forward pass
-    max_tokens: int  # padded tokens in one forward pass
-    batch_cost: int  # the fixed cost of one forward pass, in tokens' worth of work, for placing cuts
-
-
-# A CPU pays little per forward pass beyond the arithmetic, and its caches favour batches of a few thousand
-# tokens. A GPU runs a small batch almost as fast as a full one and its host must keep up, so it gets
-# batches of a quarter-million padded tokens (a few GiB of activations for bert-base in fp16), a row cap
-# that only binds on texts under 8 tokens, and windows big enough to hold several such batches.
-DEVICE_DEFAULTS = {
-    "cpu": DeviceDefaults(chunk_size=10_000, batch_size=32, max_tokens=16_384, batch_cost=32),
-    "cuda": DeviceDefaults(chunk_size=50_000, batch_size=32_768, max_tokens=262_144, batch_cost=2048),
-}
 
 
 @dataclass(frozen=True)

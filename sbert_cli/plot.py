@@ -11,7 +11,7 @@ import numpy as np
 
 from sbert_cli.errors import UsageError
 from sbert_cli.evaluate import PairScore
-from sbert_cli.writers import output_errors, temporary_path
+from sbert_cli.io.writers import output_errors, temporary_path
 
 _PROBE = "中文"
 

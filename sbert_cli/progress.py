@@ -1,13 +1,54 @@
-"""The progress bar on stderr: a percentage and ETA when the input's size is known, rows and rows/s always."""
+"""Progress: a run's rows and bytes spread over its batches, and the bar on stderr (a percentage and ETA when the
+input's size is known, rows and rows/s always)."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
-from sbert_cli.readers import Extent
+from sbert_cli.io.readers import Extent
+
+
+class Progress(Protocol):
+    """Told after every batch how many more rows are done and how far into the input the reader is."""
+
+    def advance(self, rows: int, position: int | None, extent: Extent) -> None: ...
+
+
+class ProgressTracker:
+    """Spreads each window's rows and bytes over its batches, so the bar moves during a window, not after it."""
+
+    def __init__(self, progress: Progress | None, extent: Extent) -> None:
+        self.progress = progress
+        self.extent = extent
+        self.rows = 0
+        self.position = 0
+        self._start = (0, 0)
+        self._window: tuple[int, int | None] = (0, None)  # the current window's rows, and where the reader was after it
+
+    def start(self, rows: int, position: int | None) -> Callable[[float], None] | None:
+        """Note where a window of `rows` starts; the callback reports the share of its batches done."""
+        self._start = (self.rows, self.position)
+        self._window = (rows, position)
+        if self.progress is None:
+            return None
+        return self._report
+
+    def window_done(self) -> None:
+        if self.progress is not None:
+            self._report(1.0)
+
+    def _report(self, fraction: float) -> None:
+        assert self.progress is not None
+        start_rows, start_position = self._start
+        window_rows, window_position = self._window
+        end = window_position if window_position is not None else start_position
+        rows, position = start_rows + int(window_rows * fraction), int(start_position + (end - start_position) * fraction)
+        known = position if window_position is not None else None
+        self.progress.advance(rows - self.rows, known, self.extent)
+        self.rows, self.position = rows, position
 
 
 class ProgressBar:

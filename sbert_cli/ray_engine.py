@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from sbert_cli.errors import SbertError, UsageError, first_line
+from sbert_cli.io.manifest import DirectoryLayout
+from sbert_cli.io.readers import EXTENSIONS, InputSpec, detect_format
 from sbert_cli.job import EncodeJob, RayOptions
-from sbert_cli.manifest import DirectoryLayout
-from sbert_cli.readers import EXTENSIONS, InputSpec, detect_format
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,8 @@ def read_files(batch: Any, job: EncodeJob, several: bool) -> Iterator[Any]:
     import pyarrow as pa
 
     from sbert_cli.batching import iter_windows
-    from sbert_cli.readers import iter_rows, split_window
-    from sbert_cli.writers import RejectsWriter
+    from sbert_cli.io.readers import iter_rows, split_window
+    from sbert_cli.io.writers import RejectsWriter
 
     rejects_dir = DirectoryLayout(Path(job.output.path)).rejects
     explicit = None if job.input.format == "auto" else job.input.format
@@ -88,7 +88,7 @@ def read_files(batch: Any, job: EncodeJob, several: bool) -> Iterator[Any]:
 def window_rows(job: EncodeJob) -> int:
     """Rows a read task yields at a time and an actor encodes at a time: --chunk-size, or auto for the actors' device."""
     assert job.ray is not None
-    from sbert_cli.batching import device_kind
+    from sbert_cli.plan import device_kind
 
     device = "cuda" if job.ray.gpus_per_worker else device_kind(job.model.device)
     return job.plan.for_device(device).chunk_size or 1
@@ -105,24 +105,24 @@ class EncodeBatches:
     def __init__(self, job: EncodeJob) -> None:
         import torch
 
-        from sbert_cli.encoder import open_model
-        from sbert_cli.pipeline import ModelSource
-        from sbert_cli.sinks import describe_vectors
+        from sbert_cli.embedding import model_source
+        from sbert_cli.io.sinks import describe_vectors
 
         assert job.ray is not None
         self.job = job
-        handle = open_model(job.model)
-        self.source = ModelSource.of(handle.load())
-        if handle.info.device == "cpu":
+        self.source = model_source(job.model, None)
+        self.source.encoder()  # loaded once, when the actor starts
+        info = self.source.info
+        if info.device == "cpu":
             torch.set_num_threads(max(1, int(job.ray.cpus_per_worker)))  # the actor's share, not the node's cores
-        self.plan = job.plan.for_device(handle.info.device)
-        self.metadata = describe_vectors(handle.info, job.output.dtype)
+        self.plan = job.plan.for_device(info.device)
+        self.metadata = describe_vectors(info, job.output.dtype)
 
     def __call__(self, table: Any) -> Any:
         import pyarrow as pa
 
-        from sbert_cli.pipeline import embed_texts
-        from sbert_cli.writers import embedding_array
+        from sbert_cli.embedding import embed_texts
+        from sbert_cli.io.writers import embedding_array
 
         vectors = embed_texts(table.column("text").to_pylist(), self.source, self.plan)
         result = pa.table({"id": table.column("id"), "embedding": embedding_array(vectors, self.job.output.dtype)})
@@ -143,7 +143,7 @@ class RayPlan:
 
 def plan_ray_job(job: EncodeJob) -> RayPlan:
     """Expand the input pattern and size the actor pool; every input's format is checked here, not on a worker."""
-    from sbert_cli.encoder import available_cores
+    from sbert_cli.model.device import available_cores
 
     assert job.ray is not None
     inputs = expand_inputs(job.input.path)

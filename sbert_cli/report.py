@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from sbert_cli.cache import ProfileSummary
-    from sbert_cli.encoder import ModelInfo
     from sbert_cli.evaluate import PairScore, WorstPair
-    from sbert_cli.pipeline import EncodeStats
+    from sbert_cli.model.description import ModelInfo
     from sbert_cli.ray_engine import RayResult
+    from sbert_cli.stats import EncodeStats
 
 
 def summary_line(stats: EncodeStats, info: ModelInfo, *, where: str, rejects: str, sharded: bool, cached: bool) -> str:
@@ -40,7 +40,7 @@ def ray_summary_line(result: RayResult, where: str) -> str:
     """One line on stderr after an --engine ray run."""
     from pathlib import Path
 
-    from sbert_cli.manifest import DirectoryLayout
+    from sbert_cli.io.manifest import DirectoryLayout
 
     parts = [f"sbert: {result.rows} rows"]
     if result.rejected:

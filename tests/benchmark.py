@@ -193,7 +193,7 @@ def matmul_peak(precision: str, device: str = "cpu", seconds: float = 2.0) -> fl
     """Best GFLOP/s of the FFN-shaped matmul (rows x 768 x 3072) the encoder spends its time in."""
     import torch
 
-    from sbert_cli.encoder import available_cores
+    from sbert_cli.model.device import available_cores
 
     torch.set_num_threads(available_cores())
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
@@ -299,7 +299,7 @@ def load_vectors(path: Path):
 
 
 def report(results: dict[str, list[dict]], startup: dict[str, float], contenders: list[Contender], rows: int, tokens: int, flops: float, peaks: dict[str, float]) -> None:
-    from sbert_cli.encoder import pick_precision
+    from sbert_cli.model.device import pick_precision
 
     median = {name: statistics.median(run["seconds"] for run in runs) for name, runs in results.items()}
     base = median.get("st-fp32")
@@ -449,7 +449,7 @@ def main() -> None:
         return
     table = GPU_CONTENDERS if gpu else CPU_CONTENDERS
     names = args.contenders.split(",") if args.contenders else list(table)
-    from sbert_cli.encoder import cpu_has_native_bf16
+    from sbert_cli.model.device import cpu_has_native_bf16
 
     if args.device == "cpu" and not cpu_has_native_bf16() and not args.contenders:
         names = [name for name in names if name not in ("st-bf16", "st-openvino")]

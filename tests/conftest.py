@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sbert_cli.encoder import ModelInfo, Tokenized
+from sbert_cli.model.description import ModelInfo
+from sbert_cli.model.tokens import Tokenized
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = ROOT / "sample_data"

@@ -6,7 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sbert_cli.batching import DEVICE_DEFAULTS, BatchPlan, iter_windows, plan_batches
+from sbert_cli.batching import iter_windows, plan_batches
+from sbert_cli.plan import DEVICE_DEFAULTS, BatchPlan
 
 
 def greedy_batches(lengths: list[int], batch_size: int, max_tokens: int) -> list[list[int]]:

@@ -10,9 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sbert_cli.batching import BatchPlan
-from sbert_cli.cuda import DeviceFeeder, Staging, device_bert
-from sbert_cli.encoder import Tokenized, TransformerEncoder, _read_weights, load_encoder
+from sbert_cli.backends.cuda import device_bert
+from sbert_cli.backends.feeding import DeviceFeeder, Staging
+from sbert_cli.backends.weights import read_weights
+from sbert_cli.encoder import TransformerEncoder, load_encoder
+from sbert_cli.model.tokens import Tokenized
+from sbert_cli.plan import BatchPlan
 from sbert_cli.similarity import cosine_rows
 from tests.conftest import sample_texts
 from tests.test_encoder import MIXED_TEXTS, reference_vectors
@@ -48,7 +51,7 @@ def feeder_for(encoder: TransformerEncoder, model_dir: Path) -> DeviceFeeder:
     """The CUDA path's BERT and feeding, built from the same checkpoint on the CPU at fp32."""
     import torch
 
-    forward = device_bert(_read_weights(encoder._handle.layout.transformer_dir), encoder._handle.config, torch.float32, torch.device("cpu"))
+    forward = device_bert(read_weights(encoder.model.layout.transformer_dir), encoder.model.config, torch.float32, torch.device("cpu"))
     return DeviceFeeder(forward, torch.device("cpu"), encoder.pad_id, encoder.info.pooling, encoder.info.normalize)
 
 

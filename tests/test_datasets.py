@@ -10,11 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sbert_cli.manifest import DirectoryLayout
+from sbert_cli.io.manifest import DirectoryLayout
 from tests.conftest import FakeEncoder, expected_fake_vectors
 from tests.test_cli import error_of, run
 from tests.test_unattended import (
-    MIXED_LINES, check_manifest, read_shards, run_child, start_child, uninterrupted_run, wait_for_shards, wait_until, write_texts,
+    MIXED_LINES,
+    check_manifest,
+    read_shards,
+    run_child,
+    start_child,
+    uninterrupted_run,
+    wait_for_shards,
+    wait_until,
+    write_texts,
 )
 
 

@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sbert_cli.encoder import load_encoder, read_layout, resolve_model_dir
+from sbert_cli.embedding import embed_texts
+from sbert_cli.encoder import load_encoder
 from sbert_cli.errors import ModelError, UsageError
 from sbert_cli.evaluate import read_pairs, score_pair_sets
-from sbert_cli.pipeline import BatchPlan, embed_texts
+from sbert_cli.model.description import read_layout, resolve_model_dir
+from sbert_cli.plan import BatchPlan
 from sbert_cli.similarity import cosine_rows
 from tests.conftest import SHARED_DATA, needs_shared, sample_texts
 
@@ -205,7 +207,7 @@ def test_bf16_accuracy_on_csts_dev(minilm) -> None:
 
 
 def test_auto_precision(monkeypatch: pytest.MonkeyPatch) -> None:
-    import sbert_cli.encoder as encoder_module
+    import sbert_cli.model.device as encoder_module
 
     assert encoder_module.pick_precision("auto", "cuda:0") == "fp16"
     monkeypatch.setattr(encoder_module, "cpu_has_native_bf16", lambda: True)

@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import CHINESE_VOCAB, FAKE_CLI_CHILD, ROOT, SPECIAL_TOKENS, cli_child, read_vocab, write_st_model
 
+
 def write_rows(path: Path, rows: int) -> None:
     """Rows of 4 to 60 Chinese characters drawn at random: many distinct lengths, as real text has."""
     rng = random.Random(0)

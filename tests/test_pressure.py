@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sbert_cli.encoder import TransformerEncoder
+import sbert_cli.encoder
 from tests.conftest import sample_texts
 from tests.test_cli import error_of, read_output, run
 
@@ -55,9 +55,15 @@ class OutOfMemoryAbove:
 
 
 def wrap_forward(monkeypatch: pytest.MonkeyPatch, wrap: Any) -> None:
-    """Every model the commands load in this test gets its forward pass wrapped: wrap(forward, dtype)."""
-    real = TransformerEncoder._load_forward
-    monkeypatch.setattr(TransformerEncoder, "_load_forward", lambda self, dtype: wrap(real(self, dtype), dtype))
+    """Every model the commands load in this test gets its backend's forward pass wrapped: wrap(forward, dtype)."""
+    real = sbert_cli.encoder.load_backend
+
+    def load_backend(model: Any, target: Any) -> Any:
+        backend = real(model, target)
+        backend.forward = wrap(backend.forward, target.dtype)
+        return backend
+
+    monkeypatch.setattr(sbert_cli.encoder, "load_backend", load_backend)
 
 
 def write_jsonl(path: Path, texts: list[str]) -> Path:

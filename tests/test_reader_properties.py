@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sbert_cli.errors import SbertError
-from sbert_cli.readers import BadRow, InputSpec, Record, iter_rows
+from sbert_cli.io.readers import BadRow, InputSpec, Record, iter_rows
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

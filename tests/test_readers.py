@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sbert_cli.errors import InputDataError, UsageError
-from sbert_cli.readers import BadRow, InputSpec, detect_format, iter_rows, sniff_format, split_window
+from sbert_cli.io.readers import BadRow, InputSpec, detect_format, iter_rows, sniff_format, split_window
 from tests.conftest import SAMPLE_DATA, sample_texts
 
 FORMATS = {"csv": "sentences.csv", "jsonl": "sentences.jsonl", "parquet": "sentences.parquet"}

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from sbert_cli.manifest import DirectoryLayout, file_sha256
+from sbert_cli.io.manifest import DirectoryLayout, file_sha256
 from tests.conftest import FAKE_CLI_CHILD, ROOT, FakeEncoder, expected_fake_vectors
 from tests.test_cli import error_of, run
 
@@ -274,7 +274,7 @@ def test_a_signal_on_a_file_output_leaves_nothing(tmp_path: Path, signum: int) -
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from sbert_cli.lock import output_lock
+from sbert_cli.io.lock import output_lock
 with output_lock(Path(sys.argv[1]), "held", remove=False):
     print("locked", flush=True)
     time.sleep(60)

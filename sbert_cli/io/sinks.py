@@ -10,12 +10,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from sbert_cli.encoder import ModelInfo
+from sbert_cli.io.lock import output_lock
+from sbert_cli.io.manifest import DirectoryLayout, Manifest, ShardEntry, file_sha256, identify_input, prepare_directory, save_manifest
+from sbert_cli.io.readers import BadRow, Record
+from sbert_cli.io.writers import WRITERS, EmbeddingWriter, ParquetWriter, RejectsWriter, WriterSpec
 from sbert_cli.job import EncodeJob
-from sbert_cli.lock import output_lock
-from sbert_cli.manifest import DirectoryLayout, Manifest, ShardEntry, file_sha256, identify_input, prepare_directory, save_manifest
-from sbert_cli.readers import BadRow, Record
-from sbert_cli.writers import WRITERS, EmbeddingWriter, ParquetWriter, RejectsWriter, WriterSpec
+from sbert_cli.model.description import ModelInfo
 
 
 class Sink(Protocol):

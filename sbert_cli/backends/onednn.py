@@ -1,11 +1,14 @@
-"""The CPU kernels: BERT's matrix products on oneDNN's pre-packed weights, with bias and GELU fused into the GEMMs."""
+"""The CPU backend: BERT's matrix products on oneDNN's pre-packed weights, with bias and GELU fused into the GEMMs."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from sbert_cli.bert import Bert, bert_supported
+from sbert_cli.backends.base import Target
+from sbert_cli.backends.bert import Bert, bert_from_checkpoint, bert_supported
+from sbert_cli.backends.feeding import ForwardBackend
+from sbert_cli.model.description import ModelDescription
 
 # oneDNN (and ideep above it) keep a compiled kernel per distinct GEMM row count, up to 1024 of them: a long
 # run kept meeting new counts, one per batch shape. Padding row counts to a multiple of 64 leaves 45 counts
@@ -60,3 +63,16 @@ class OneDnnLinears:
 def fused_bert(weights: Mapping[str, Any], config: dict[str, Any], dtype: Any) -> Bert:
     """The BERT stack on oneDNN kernels, read one tensor at a time from the checkpoint's weights."""
     return Bert(weights, config, OneDnnLinears(dtype))
+
+
+class OneDnnBert(ForwardBackend):
+    """A plain BERT checkpoint on a CPU's oneDNN kernels, no transformers model built."""
+
+    name = "onednn-bert"
+
+    @classmethod
+    def load(cls, model: ModelDescription, target: Target) -> OneDnnBert | None:
+        if not fused_bert_supported(model.config, target.dtype):
+            return None
+        bert = bert_from_checkpoint(model, OneDnnLinears(target.dtype))
+        return None if bert is None else cls(bert, target)

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from sbert_cli.errors import InputDataError, UsageError
-from sbert_cli.readers import STDIN
-from sbert_cli.writers import TEMPORARY_MARK, output_errors, temporary_path
+from sbert_cli.io.readers import STDIN
+from sbert_cli.io.writers import TEMPORARY_MARK, output_errors, temporary_path
 
 MANIFEST_VERSION = 2
 _EDGE_BYTES = 1 << 20  # the input is identified by size, mtime and a hash of its first and last MiB

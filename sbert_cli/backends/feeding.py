@@ -1,45 +1,48 @@
-"""The CUDA backend: BERT's weights read straight onto the GPU in their precision, and the feeding that keeps it busy."""
+"""How a window's batches reach a device: one after another on a CPU, staged ahead of the compute on CUDA."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from sbert_cli.bert import Bert
-
-if TYPE_CHECKING:
-    from sbert_cli.encoder import Forward, Tokenized
-
-
-class TorchLinears:
-    """cuBLAS products through torch: weights copied from the checkpoint to the device one tensor at a time, cast
-    to the run's precision on the way (no model built on the host first); the residual stream stays in that
-    precision too, as transformers' own fp16 BERT keeps it (a row that overflows is re-run at fp32)."""
-
-    row_granule = 1
-
-    def __init__(self, dtype: Any, device: Any) -> None:
-        self.compute_dtype = self.residual_dtype = dtype
-        self.device = device
-
-    def place(self, tensor: Any, dtype: Any) -> Any:
-        return tensor.to(device=self.device, dtype=dtype, copy=True)
-
-    def pack(self, matrix: Any, bias: Any) -> tuple[Any, Any]:
-        return self.place(matrix, self.compute_dtype).contiguous(), self.place(bias, self.compute_dtype)
-
-    def __call__(self, rows: Any, packed: tuple[Any, Any], gelu: str | None) -> Any:
-        import torch.nn.functional as F
-
-        product = F.linear(rows.to(self.compute_dtype), *packed)
-        return product if gelu is None else F.gelu(product, approximate=gelu)
+from sbert_cli.backends.base import Forward, Target, run_batches
+from sbert_cli.backends.pooling import sentence_vectors
+from sbert_cli.model.tokens import Tokenized
 
 
-def device_bert(weights: Mapping[str, Any], config: dict[str, Any], dtype: Any, device: Any) -> Bert:
-    """The BERT stack on `device` (a GPU; the tests run it on the CPU) in `dtype`."""
-    return Bert(weights, config, TorchLinears(dtype, device))
+class ForwardBackend:
+    """A forward pass as a Backend: on a CPU each batch padded, run and pooled in turn (the plain path); on
+    CUDA through DeviceFeeder, which keeps the GPU fed. The BERT and transformers backends are this, each
+    with its own forward pass."""
+
+    name = "forward"
+
+    def __init__(self, forward: Forward, target: Target) -> None:
+        self.forward = forward
+        self.target = target
+        self._feeder = DeviceFeeder(forward, target.device, target.pad_id, target.pooling, target.normalize) if target.device.type == "cuda" else None
+
+    def embed_batches(self, tokens: Tokenized, batches: Sequence[np.ndarray], out: np.ndarray, after_batch: Callable[[int], None]) -> int:
+        if self._feeder is not None:
+            return self._feeder.run(tokens, batches, out, after_batch)
+
+        def run_batch(rows: np.ndarray) -> None:
+            out[rows] = self._embed_batch(tokens, rows)
+
+        return run_batches(batches, run_batch, after_batch)
+
+    def _embed_batch(self, tokens: Tokenized, rows: np.ndarray) -> np.ndarray:
+        """The plain path: one batch padded, run and pooled, its vectors back in numpy."""
+        import torch
+
+        target = self.target
+        ids, lengths = tokens.padded(rows, target.pad_id)
+        mask = None if int(lengths.min()) == ids.shape[1] else torch.from_numpy(np.arange(ids.shape[1]) < lengths[:, None])
+        with torch.inference_mode():
+            hidden = self.forward(torch.from_numpy(ids).long(), mask)
+            return sentence_vectors(hidden, mask, target.pooling, target.normalize).numpy()
 
 
 class DeviceFeeder:
@@ -64,8 +67,6 @@ class DeviceFeeder:
         """Encoder.embed_batches on the device: out[rows] for each batch's rows; how many batches ran."""
         import torch
 
-        from sbert_cli.encoder import run_batches
-
         total = sum(len(rows) for rows in batches)
         filled = 0
         with torch.inference_mode():
@@ -84,8 +85,6 @@ class DeviceFeeder:
     def _pooled(self, tokens: Tokenized, rows: np.ndarray) -> Any:
         """One batch queued on the device: its pooled (and normalised) float32 vectors, in the batch's order."""
         import torch
-
-        from sbert_cli.encoder import sentence_vectors
 
         ids, lengths = tokens.padded(rows, self.pad_id)
         count, longest = ids.shape

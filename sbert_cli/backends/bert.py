@@ -6,6 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from sbert_cli.backends.weights import read_weights
+from sbert_cli.model.description import ModelDescription
+
 # The GELU variants BERT configs name, as torch and oneDNN call their approximations; other activations
 # (and other architectures) run through transformers instead.
 GELU_APPROXIMATIONS = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
@@ -39,6 +42,21 @@ def bert_supported(config: dict[str, Any]) -> bool:
         and config.get("hidden_act") in GELU_APPROXIMATIONS
         and not config.get("is_decoder", False)
     )
+
+
+def bert_from_checkpoint(model: ModelDescription, linears: Linears) -> Bert | None:
+    """The BERT stack from the model's checkpoint on `linears`' device, or None where transformers knows the
+    checkpoint better (sharded, or not the weights a BERT encoder has)."""
+    import torch
+
+    weights = read_weights(model.layout.transformer_dir)
+    if weights is None:
+        return None
+    try:
+        with torch.inference_mode():
+            return Bert(weights, model.config, linears)
+    except KeyError:
+        return None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,79 @@
+"""What every backend is and shares: the interface, what it is loaded for, and the out-of-memory contract."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from sbert_cli.model.description import ModelDescription
+from sbert_cli.model.tokens import Tokenized
+
+
+class Forward(Protocol):
+    """A forward pass: token states [batch, tokens, hidden] for ids and a boolean mask (None: no padding)."""
+
+    def __call__(self, input_ids: Any, mask: Any | None) -> Any: ...
+
+
+class Backend(Protocol):
+    """A model's forward pass on one device, fed a window's batches and pooled into vectors."""
+
+    name: str  # for --verbose and the tests: which backend runs the model
+
+    def embed_batches(self, tokens: Tokenized, batches: Sequence[np.ndarray], out: np.ndarray, after_batch: Callable[[int], None]) -> int:
+        """Write each batch's vectors into out[rows] for its rows (indices into `tokens`), calling after_batch(rows)
+        after each batch. Returns how many batches ran: fewer than all when batches[returned] ran out of device
+        memory (see run_batches), and by then nothing of that try is left on the device."""
+        ...
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a backend is loaded for: the torch device and dtype, the tokenizer's pad id, and the pooling."""
+
+    device: Any  # torch.device
+    dtype: Any  # torch.float32, torch.bfloat16 or torch.float16
+    pad_id: int
+    pooling: str
+    normalize: bool
+
+
+# A backend's loader: the backend for this model on this target, or None when it does not run this model
+# (the next loader in line for the device is tried). Each backend module has one.
+BackendLoader = Callable[[ModelDescription, Target], "Backend | None"]
+
+
+def run_batches(batches: Sequence[np.ndarray], run_batch: Callable[[np.ndarray], None], after_batch: Callable[[int], None]) -> int:
+    """Run batches in order until one runs out of device memory; return how many ran.
+
+    The retry is the caller's, after this has returned: the failed try's tensors, which the exception's
+    traceback holds, are freed by then and the CUDA cache is emptied, so the smaller batches that follow get
+    all of the device's memory. (Retrying inside the except block kept them allocated.)
+    """
+    import torch
+
+    for index, rows in enumerate(batches):
+        try:
+            run_batch(rows)
+        except torch.cuda.OutOfMemoryError:
+            pass  # handled after the except block, once the exception and the frames it holds are gone
+        else:
+            after_batch(len(rows))
+            continue
+        release_device_memory()
+        return index
+    return len(batches)
+
+
+def release_device_memory() -> None:
+    """Free what a failed try left: unreachable tensors now, then the CUDA allocator's cached blocks."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()

@@ -1,0 +1,44 @@
+"""JSON lines: one object a line, its fields by name; a line that is not an object is a bad row, not a failure."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import IO
+
+from sbert_cli.errors import UsageError
+from sbert_cli.io.rows import BOM, CONVERT_HINT, MISSING, BadRow, Fields, TableSpec, json_type, missing_column
+
+
+def utf8_reason(exc: UnicodeDecodeError) -> str:
+    return f"not valid UTF-8 (byte {exc.start + 1} of the line); {CONVERT_HINT}"
+
+
+def jsonl_fields(table: TableSpec, stream: IO[bytes]) -> Iterator[Fields | BadRow]:
+    row = -1
+    for lineno, raw in enumerate(stream, 1):
+        if not raw.strip():
+            continue
+        row += 1
+        where = f"{table.name}:{lineno}"
+        unknown_id = row if table.id_column is None else None
+        try:
+            line = (raw[3:] if lineno == 1 and raw.startswith(BOM) else raw).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield BadRow(row, where, unknown_id, utf8_reason(exc))
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            looks_like_csv = row == 0 and table.format_option and not line.lstrip().startswith("{")
+            hint = "is this CSV? pass --format csv" if looks_like_csv else "each line must be one JSON object"
+            yield BadRow(row, where, unknown_id, f"invalid JSON ({exc.msg}); {hint}")
+            continue
+        if not isinstance(obj, dict):
+            yield BadRow(row, where, unknown_id, f"expected a JSON object, found {json_type(obj)}")
+            continue
+        if row == 0:
+            for column, fix in zip(table.columns, table.fixes):
+                if column not in obj:
+                    raise UsageError(missing_column(where, "field", column, list(obj), fix))
+        yield Fields(row, where, tuple(obj.get(column, MISSING) for column in table.columns))

@@ -1,0 +1,176 @@
+"""Every file the tool reads: CSV, TSV, JSONL and Parquet, from a file or stdin, streamed as numbered rows.
+
+The formats each have a module (delimited, jsonl, parquet_rows) speaking the vocabulary of rows.py; this
+module opens the input, picks the format and turns fields into records.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Literal, get_args
+
+from sbert_cli.errors import InputDataError, UsageError
+from sbert_cli.io.delimited import delimited_fields
+from sbert_cli.io.jsonl import jsonl_fields
+from sbert_cli.io.parquet_rows import parquet_fields
+from sbert_cli.io.rows import BOM, MISSING, STDIN, BadRow, Extent, Fields, Record, TableSpec, json_type
+
+__all__ = ["MISSING", "STDIN", "BadRow", "Extent", "Record", "TableSpec", "InputSpec", "iter_rows", "iter_fields", "split_window"]
+
+InputFormat = Literal["csv", "tsv", "jsonl", "parquet"]
+FORMATS: tuple[str, ...] = get_args(InputFormat)
+EXTENSIONS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What `encode` reads: a path (or '-' for stdin), its format and which columns hold text and id."""
+
+    path: str
+    format: str
+    text_column: str = "text"
+    id_column: str | None = None
+
+    @property
+    def name(self) -> str:
+        return "<stdin>" if self.path == STDIN else self.path
+
+    @property
+    def table(self) -> TableSpec:
+        columns = (self.text_column,) if self.id_column is None else (self.text_column, self.id_column)
+        return TableSpec(
+            self.path, self.format, columns, ("--text-column NAME", "--id-column NAME"), self.id_column,
+            string_columns=(self.text_column,),
+        )
+
+
+def detect_format(path: str, explicit: str | None) -> str:
+    """The input format: --format if given (one of FORMATS, which the CLI offers), else the file extension; stdin is sniffed later."""
+    if explicit is not None:
+        return explicit
+    if path == STDIN:
+        return "auto"
+    suffix = Path(path).suffix.lower()
+    if suffix in EXTENSIONS:
+        return EXTENSIONS[suffix]
+    raise UsageError(f"{path}: cannot tell the format from the extension '{suffix}'; pass --format {'|'.join(FORMATS)}")
+
+
+def sniff_format(head: bytes) -> str:
+    """Guess the format of stdin from its first bytes: Parquet magic, a JSON object, tabs, else CSV."""
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    stripped = head.lstrip(BOM + b" \t\r\n")
+    if stripped.startswith(b"{"):
+        return "jsonl"
+    first_line = stripped.split(b"\n", 1)[0]
+    return "tsv" if b"\t" in first_line else "csv"
+
+
+def iter_rows(spec: InputSpec, extent: Extent | None = None) -> Iterator[Record | BadRow]:
+    """Every data row of an encode input in order, as a Record or, when it cannot be encoded, a BadRow."""
+    for item in iter_fields(spec.table, extent):
+        if isinstance(item, BadRow):
+            yield item
+            continue
+        text = item.values[0]
+        record_id: Any = item.row
+        if spec.id_column is not None:
+            record_id = item.values[1]
+            problem = f"no field '{spec.id_column}'" if record_id is MISSING else _id_problem(record_id)
+            if problem:
+                yield BadRow(item.row, item.where, None, problem)
+                continue
+        problem = f"no field '{spec.text_column}'" if text is MISSING else _text_problem(spec.text_column, text)
+        if problem:
+            yield BadRow(item.row, item.where, record_id, problem)
+            continue
+        yield Record(item.row, record_id, text)
+
+
+def split_window(window: list[Record | BadRow], skip_bad_rows: bool) -> tuple[list[Record], list[BadRow]]:
+    """A window's good rows and bad rows; a bad row raises InputDataError unless they are being skipped."""
+    records = [item for item in window if isinstance(item, Record)]
+    rejects = [item for item in window if isinstance(item, BadRow)]
+    if rejects and not skip_bad_rows:
+        raise InputDataError(rejects[0].message())
+    return records, rejects
+
+
+def iter_fields(table: TableSpec, extent: Extent | None = None) -> Iterator[Fields | BadRow]:
+    """The requested columns of every data row, or a BadRow for a row that cannot be read."""
+    with _open_binary(table, extent or Extent()) as (stream, fmt, extent):
+        if fmt == "parquet":
+            yield from parquet_fields(table, stream, extent)
+        elif fmt == "jsonl":
+            yield from jsonl_fields(table, stream)
+        else:
+            yield from delimited_fields(table, stream, "\t" if fmt == "tsv" else ",")
+
+
+@contextmanager
+def _open_binary(table: TableSpec, extent: Extent) -> Iterator[tuple[IO[bytes], str, Extent]]:
+    if table.path == STDIN:
+        with _open_stdin(table.format) as (stream, fmt):
+            yield stream, fmt, extent
+        return
+    if os.path.isdir(table.path):
+        raise UsageError(f"{table.path}: is a directory; pass a CSV, TSV, JSONL or Parquet file")
+    try:
+        stream = open(table.path, "rb")
+    except FileNotFoundError:
+        raise UsageError(f"{table.path}: no such file; check the path") from None
+    except OSError as exc:
+        raise InputDataError(f"{table.path}: cannot open ({exc.strerror})") from None
+    with stream:
+        extent.total, extent.unit, extent.position = os.fstat(stream.fileno()).st_size, "bytes", stream.tell
+        yield stream, table.format, extent
+
+
+@contextmanager
+def _open_stdin(fmt: str) -> Iterator[tuple[IO[bytes], str]]:
+    stdin = sys.stdin.buffer
+    if not hasattr(stdin, "peek"):
+        stdin = io.BufferedReader(stdin)  # type: ignore[arg-type]
+    if fmt == "auto":
+        fmt = sniff_format(stdin.peek(4096)[:4096])
+    if fmt != "parquet":
+        yield stdin, fmt
+        return
+    # Parquet needs to seek to its footer; spool stdin to disk, not memory, to keep memory bounded.
+    with tempfile.TemporaryFile() as spool:
+        shutil.copyfileobj(stdin, spool, 1 << 20)
+        spool.seek(0)
+        yield spool, fmt
+
+
+def _text_problem(column: str, value: Any) -> str | None:
+    if value is None:
+        return f"'{column}' is null"
+    if not isinstance(value, str):
+        return f"'{column}' is {json_type(value)}, not a string"
+    return None
+
+
+def _id_problem(value: Any) -> str | None:
+    if value is None:
+        return "id is null"
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return f"id is {json_type(value)}; ids must be strings or integers"
+    return None

@@ -1,0 +1,99 @@
+"""The vocabulary every reader speaks: a row, a bad row, the columns asked for, and how far the reading has got."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+STDIN = "-"
+MISSING: Any = type("Missing", (), {"__repr__": lambda self: "MISSING"})()  # a JSON field that is not there
+BOM = b"\xef\xbb\xbf"
+CONVERT_HINT = "convert the file, e.g. iconv -f GBK -t UTF-8"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One input row: its 0-based position among the data rows, its id and its text."""
+
+    row: int
+    id: Any
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class BadRow:
+    """A row that cannot be used, with where it is and why."""
+
+    row: int
+    where: str
+    id: Any
+    reason: str
+
+    def message(self) -> str:
+        return f"{self.where}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class Fields:
+    """One data row's values of the requested columns (MISSING where a JSON object lacks the field)."""
+
+    row: int
+    where: str
+    values: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """What to read from any input: which columns, how the user names others, and how the file is laid out."""
+
+    path: str
+    format: str
+    columns: tuple[str, ...]
+    fixes: tuple[str, ...]  # per column: the option that names another one ("--text-column NAME")
+    id_column: str | None = None  # identifies a bad row in the rejects; without it, the row number does
+    string_columns: tuple[str, ...] = ()  # Parquet columns that must hold strings
+    header: str = "required"  # or "sniff": the first line is a header only when it names every column
+    quoting: bool = True  # False: quotes are text, as in the published evaluation sets' TSV
+    format_option: bool = True  # whether --format exists to suggest
+
+    @property
+    def name(self) -> str:
+        return "<stdin>" if self.path == STDIN else self.path
+
+
+@dataclass
+class Extent:
+    """How far a reader has got, for a progress bar: bytes of a text file, rows of a Parquet file."""
+
+    total: int | None = None
+    unit: str = "rows"
+    position: Callable[[], int] | None = None
+
+    def now(self) -> int | None:
+        """How far the reader is now; the whole input once it has finished and closed the file."""
+        if self.position is None:
+            return None
+        try:
+            return self.position()
+        except (ValueError, OSError):
+            return self.total
+
+
+def missing_column(where: str, noun: str, column: str, present: list[str], fix: str) -> str:
+    shown = ", ".join(present[:20]) or "none"
+    return f"{where}: no {noun} '{column}' (found: {shown}); pass {fix}"
+
+
+def json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__

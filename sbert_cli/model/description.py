@@ -1,0 +1,172 @@
+"""A model found and described without torch: its directory, its sentence-transformers layout and its config."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sbert_cli.errors import ModelError, UsageError, first_line
+from sbert_cli.job import ModelOptions
+from sbert_cli.model.device import pick_device, pick_precision
+
+POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
+
+# Files a sentence-transformers or transformers checkpoint needs; skips ONNX/OpenVINO/TF copies.
+MODEL_FILE_PATTERNS = ("*.json", "*.txt", "*.model", "*.safetensors", "pytorch_model*.bin")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the vectors are: recorded in the output's metadata, the manifest and the cache's keys."""
+
+    name: str
+    dim: int
+    pooling: str
+    normalize: bool
+    max_length: int
+    precision: str
+    device: str
+
+
+@dataclass(frozen=True)
+class ModelLayout:
+    """What a model directory says about itself, read without torch."""
+
+    transformer_dir: Path
+    pooling: str
+    normalize: bool
+    max_seq_length: int | None
+    do_lower_case: bool
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """A model found and described without torch: a run that needs no forward pass never loads it."""
+
+    directory: Path
+    layout: ModelLayout
+    info: ModelInfo
+    config: dict[str, Any]  # the transformer's config.json
+
+
+def describe_model(options: ModelOptions) -> ModelDescription:
+    """Find the model and decide its device, precision and length; every failure is a one-line SbertError."""
+    directory = resolve_model_dir(options.model)
+    layout = read_layout(directory)
+    device = pick_device(options.device)
+    config_file = layout.transformer_dir / "config.json"
+    config = _read_json(config_file) if config_file.exists() else {}
+    dim = config.get("hidden_size") or config.get("dim") or config.get("d_model")
+    if not isinstance(dim, int):
+        raise ModelError(f"{config_file}: no hidden_size; sbert encodes with BERT-like transformers models")
+    info = ModelInfo(
+        name=options.model,
+        dim=dim,
+        pooling=layout.pooling,
+        normalize=options.normalize or layout.normalize,
+        max_length=_pick_max_length(layout, config, options.max_length),
+        precision=pick_precision(options.precision, device),
+        device=device,
+    )
+    return ModelDescription(directory, layout, info, config)
+
+
+def resolve_model_dir(model: str) -> Path:
+    """A local directory for `model`: the directory itself, or the hub id's cached (or downloaded) snapshot."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ModelError(f"model '{model}' is a file; pass the directory that holds config.json")
+    if model.startswith((".", "/", "~")) or model.count("/") > 1 or not model.strip():
+        raise ModelError(f"model directory '{model}' does not exist; pass --model with an existing directory")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model, allow_patterns=list(MODEL_FILE_PATTERNS)))
+    except Exception as exc:  # the hub client raises many types for "not cached and not reachable"
+        raise ModelError(
+            f"cannot load model '{model}': not in the local Hugging Face cache and the hub cannot be reached "
+            f"({type(exc).__name__}: {first_line(exc, 120)}); download it where there is network "
+            f"(hf download {model} --local-dir DIR) and pass --model DIR, or set SBERT_MODEL=DIR"
+        ) from None
+
+
+def read_layout(model_dir: Path) -> ModelLayout:
+    """Read modules.json, the pooling config and sentence_bert_config.json, or default to plain transformers."""
+    modules_file = model_dir / "modules.json"
+    if not modules_file.exists():
+        if not (model_dir / "config.json").exists():
+            raise ModelError(f"{model_dir}: no config.json or modules.json; this is not a model directory")
+        return ModelLayout(model_dir, "mean", False, None, False)
+    transformer_dir: Path | None = None
+    pooling = "mean"
+    normalize = False
+    for module in _read_json(modules_file):
+        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+        module_dir = model_dir / module.get("path", "")
+        if kind == "Transformer":
+            transformer_dir = module_dir
+        elif kind == "Pooling":
+            pooling = _read_pooling_mode(module_dir / "config.json")
+        elif kind == "Normalize":
+            normalize = True
+        else:
+            raise ModelError(f"{modules_file}: module '{module.get('type')}' is not supported (only Transformer, Pooling, Normalize)")
+    if transformer_dir is None:
+        raise ModelError(f"{modules_file}: no Transformer module listed")
+    st_config_file = transformer_dir / "sentence_bert_config.json"
+    st_config = _read_json(st_config_file) if st_config_file.exists() else {}
+    return ModelLayout(
+        transformer_dir=transformer_dir,
+        pooling=pooling,
+        normalize=normalize,
+        max_seq_length=st_config.get("max_seq_length"),
+        do_lower_case=bool(st_config.get("do_lower_case", False)),
+    )
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: unreadable ({exc})") from None
+
+
+def _read_pooling_mode(config_file: Path) -> str:
+    config = _read_json(config_file) if config_file.exists() else {"pooling_mode_mean_tokens": True}
+    if isinstance(config.get("pooling_mode"), str):
+        modes = [config["pooling_mode"].replace("mean_sqrt_len_tokens", "mean_sqrt_len")]
+    else:
+        modes = [
+            name
+            for name, key in (
+                ("cls", "pooling_mode_cls_token"),
+                ("mean", "pooling_mode_mean_tokens"),
+                ("max", "pooling_mode_max_tokens"),
+                ("mean_sqrt_len", "pooling_mode_mean_sqrt_len_tokens"),
+                ("weightedmean", "pooling_mode_weightedmean_tokens"),
+                ("lasttoken", "pooling_mode_lasttoken"),
+            )
+            if config.get(key)
+        ]
+    if len(modes) != 1 or modes[0] not in POOLING_MODES:
+        raise ModelError(f"{config_file}: pooling {modes or 'none'} is not supported; sbert pools by one of {', '.join(POOLING_MODES)}")
+    return modes[0]
+
+
+def _pick_max_length(layout: ModelLayout, config: dict[str, Any], override: int | None) -> int:
+    """sentence-transformers' rule: max_seq_length if configured, else the tokenizer's limit capped by the
+    position embeddings; an override may lower it but never exceed the position embeddings."""
+    positions = int(config.get("max_position_embeddings") or 512)
+    if override is not None:
+        if override < 2 or override > positions:
+            raise UsageError(f"--max-length {override}: this model takes 2 to {positions} tokens")
+        return override
+    if layout.max_seq_length:
+        return int(layout.max_seq_length)
+    tokenizer_file = layout.transformer_dir / "tokenizer_config.json"
+    tokenizer_config = _read_json(tokenizer_file) if tokenizer_file.exists() else {}
+    return int(min(tokenizer_config.get("model_max_length") or positions, positions))

@@ -1,0 +1,36 @@
+"""What a run did and where its time went: counted by the embedding stage and the run, printed by the report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+STAGES = ("read", "cache", "tokenize", "forward", "write")
+
+
+@dataclass
+class EncodeStats:
+    """What a run did and where its time went (stage seconds overlap: they run in separate threads)."""
+
+    rows: int = 0
+    rejected: int = 0
+    resumed_rows: int = 0
+    shards_written: int = 0
+    shards_resumed: int = 0
+    truncated: int = 0
+    cached: int = 0  # rows whose vector came from the cache
+    repeated: int = 0  # rows whose text came earlier in the same window
+    encoded: int = 0  # texts that went through the model
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    batches: int = 0
+    fp32_rows: int = 0  # rows whose vectors were not finite at the run's precision, re-run at fp32
+    out_of_memory: int = 0  # batches that ran out of device memory and were re-cut smaller
+    token_budget: int | None = None  # the padded tokens a batch may hold after out-of-memory cut it down
+    load_seconds: float = 0.0
+    seconds: float = 0.0
+    nothing_to_do: bool = False
+    stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0

@@ -1,0 +1,88 @@
+"""Backends behind one interface: a backend added as one class plus one line in backends.BACKENDS runs `sbert encode`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sbert_cli import backends
+from sbert_cli.backends.base import Target
+from sbert_cli.model.description import ModelDescription
+from sbert_cli.model.tokens import Tokenized
+from tests.conftest import SAMPLE_DATA, sample_texts
+from tests.test_cli import error_of, read_output, run
+
+
+class CountingBackend:
+    """A backend of its own: each row's vector is (its token count, the sum of its ids, its first id after [CLS])."""
+
+    name = "counting"
+    loaded: list[Target] = []
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    @classmethod
+    def load(cls, model: ModelDescription, target: Target) -> CountingBackend:
+        cls.loaded.append(target)
+        return cls(model.info.dim)
+
+    def embed_batches(self, tokens: Tokenized, batches: Sequence[np.ndarray], out: np.ndarray, after_batch: Callable[[int], None]) -> int:
+        for rows in batches:
+            ids, lengths = tokens.padded(rows, 0)
+            features = np.stack([lengths, ids.sum(axis=1), ids[:, 1]], axis=1).astype(np.float32)
+            out[rows] = np.resize(features, (len(rows), self.dim))
+            after_batch(len(rows))
+        return len(batches)
+
+
+def declines(model: ModelDescription, target: Target) -> None:
+    """A backend that does not run this model: the next in line is tried."""
+    return None
+
+
+def encode(tmp_path: Path, model: Path, name: str):
+    out = tmp_path / f"{name}.parquet"
+    result = run("encode", SAMPLE_DATA / "sentences.jsonl", "-o", out, "--model", model, "--id-column", "id", "--precision", "fp32", "-q")
+    return result, out
+
+
+def test_a_backend_added_as_one_line_runs_encode(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    CountingBackend.loaded.clear()
+    monkeypatch.setitem(backends.BACKENDS, "cpu", (CountingBackend.load, *backends.BACKENDS["cpu"]))
+    result, out = encode(tmp_path, tiny_model_dir, "counting")
+    assert result.exit_code == 0, result.output
+    assert [target.device.type for target in CountingBackend.loaded] == ["cpu"]
+    ids, vectors = read_output(out, "")
+    assert len(ids) == len(sample_texts())
+    # Every vector is the fake backend's: its first value is the row's token count, in input order.
+    np.testing.assert_array_equal(vectors[:, 1], vectors[:, 1].round())
+    assert (vectors[:, 0] >= 3).all() and len(set(vectors[:, 0].tolist())) > 1
+
+
+def test_a_backend_that_declines_passes_to_the_next(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    plain_result, plain = encode(tmp_path, tiny_model_dir, "plain")
+    assert plain_result.exit_code == 0, plain_result.output
+    monkeypatch.setitem(backends.BACKENDS, "cpu", (declines, *backends.BACKENDS["cpu"]))
+    result, out = encode(tmp_path, tiny_model_dir, "declined")
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(read_output(out, "")[1], read_output(plain, "")[1])
+
+
+def test_no_backend_for_the_device_is_one_line(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(backends.BACKENDS, "cpu", (declines,))
+    result, out = encode(tmp_path, tiny_model_dir, "none")
+    assert result.exit_code == 1
+    assert error_of(result) == f"sbert: error: {tiny_model_dir}: no backend runs this model on cpu; pass another --device"
+    assert not out.exists()
+
+
+def test_each_device_tries_the_bert_backend_then_transformers() -> None:
+    from sbert_cli.backends.automodel import TransformersModel
+    from sbert_cli.backends.cuda import CudaBert
+    from sbert_cli.backends.onednn import OneDnnBert
+
+    assert backends.BACKENDS == {"cpu": (OneDnnBert.load, TransformersModel.load), "cuda": (CudaBert.load, TransformersModel.load)}
