@@ -15,6 +15,7 @@ from typer.core import TyperGroup
 
 from sbert_cli import __version__
 from sbert_cli.errors import EXIT_WITH_REJECTS, SbertError, UsageError
+from sbert_cli.io.pipe import confirm_delivered
 from sbert_cli.io.readers import InputFormat
 from sbert_cli.job import DEFAULT_MODEL, Dtype, EncodeJob, Engine, ModelOptions, OnError, Precision
 from sbert_cli.plan import DEVICE_DEFAULTS
@@ -83,10 +84,15 @@ CacheOption = Annotated[Optional[str], typer.Option(envvar="SBERT_CACHE", rich_h
 
 
 @contextmanager
-def _user_errors() -> Iterator[None]:
-    """Our errors become one line on stderr and their exit code; Ctrl-C exits 130; a closed stdout exits quietly."""
+def _user_errors(prints: bool = False) -> Iterator[None]:
+    """Our errors become one line on stderr and their exit code; Ctrl-C exits 130; a closed stdout exits 141.
+
+    `prints`: the command's result goes to stdout, and only a reader that took all of it makes a success.
+    """
     try:
         yield
+        if prints:
+            confirm_delivered(sys.stdout)
     except SbertError as error:
         typer.echo(f"sbert: error: {error}", err=True)
         raise typer.Exit(error.exit_code) from None
@@ -121,6 +127,7 @@ def encode(
     on_error: Annotated[OnError, typer.Option(rich_help_panel=UNATTENDED, help="fail: stop at the first bad row (exit 1). skip: write it to the rejects file and go on (exit 3 if any).")] = "fail",
     shard_rows: Annotated[int, typer.Option(min=1, rich_help_panel=UNATTENDED, help="Input rows per Parquet shard when -o is a directory.")] = 100_000,
     resume: Annotated[bool, typer.Option("--resume", rich_help_panel=UNATTENDED, help="Finish what an earlier run of -o DIRECTORY left, start it if there is none, or do nothing if it is complete.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", rich_help_panel=UNATTENDED, help="Remove the shards an earlier run left in -o DIRECTORY and start over (files sbert did not write are never removed).")] = False,
     cache: CacheOption = None,
     engine: Annotated[Engine, typer.Option(rich_help_panel=RAY, help="ray: Ray Data actors over a file, directory or glob, into -o DIRECTORY.")] = "local",
     ray_address: Annotated[Optional[str], typer.Option(envvar="RAY_ADDRESS", rich_help_panel=RAY, help="Ray cluster to join (auto: the running one; default: a local Ray sized to this machine).")] = None,
@@ -142,6 +149,7 @@ def encode(
             skip_bad_rows=on_error == "skip",
             shard_rows=shard_rows,
             resume=resume,
+            overwrite=overwrite,
             with_stats=with_stats,
             cache=cache,
             ray=ray,
@@ -213,7 +221,7 @@ def sim(
     from sbert_cli.embedding import embed_texts, model_source
     from sbert_cli.similarity import cosine_rows
 
-    with _user_errors():
+    with _user_errors(prints=True):
         if len(sentences) < 2:
             raise UsageError('sim needs at least two sentences: sbert sim "句子A" "句子B"')
         vectors = embed_texts(sentences, model_source(ModelOptions(model, device, precision, max_length), cache))
@@ -245,9 +253,11 @@ def evaluate(
     """Spearman and Pearson (x100) of cosine similarity against gold labels, one column per file."""
     from sbert_cli.embedding import model_source
     from sbert_cli.evaluate import name_pair_sets, parse_columns, read_pairs, score_pair_sets
+    from sbert_cli.job import refuse_evaluate_overwrites
     from sbert_cli.plan import BatchPlan
 
-    with _user_errors():
+    with _user_errors(prints=True):
+        refuse_evaluate_overwrites(files, plot, cache)
         names = parse_columns(columns)
         sets = name_pair_sets([read_pairs(path, names) for path in files])
         source = model_source(ModelOptions(model, device, precision, max_length), cache, _notice(quiet))
@@ -282,7 +292,7 @@ def cache_info(path: Annotated[str, typer.Argument(help="The cache file.", show_
     """The models in a cache, with their options, vector counts and size."""
     from sbert_cli.report import cache_table
 
-    with _user_errors():
+    with _user_errors(prints=True):
         cache = _existing_cache(path)
         typer.echo(cache_table(path, cache.size_bytes(), cache.summary(), sys.stdout.isatty()))
 

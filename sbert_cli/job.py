@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, get_args
 
 from sbert_cli.errors import OutputError, UsageError
+from sbert_cli.io.paths import Derived, directory_output_paths, file_output_paths, refuse_overlap, rejects_path
 from sbert_cli.io.readers import STDIN, InputSpec, detect_format
 
 if TYPE_CHECKING:
@@ -52,7 +53,15 @@ class OutputTarget:
     @property
     def rejects_path(self) -> str:
         """out.parquet -> out.rejects.jsonl (a directory keeps its rejects in its state folder)."""
-        return str(Path(self.path).with_suffix(".rejects.jsonl"))
+        return rejects_path(self.path)
+
+    def derived(self) -> Derived:
+        """Every file and folder this output writes or removes."""
+        if self.kind == "directory":
+            return directory_output_paths(self.path)
+        if self.kind == "stdout":
+            return Derived("-o", ())
+        return file_output_paths(self.path, self.format)
 
     @property
     def shown(self) -> str:
@@ -80,15 +89,28 @@ class EncodeJob:
     skip_bad_rows: bool = False
     shard_rows: int = 100_000
     resume: bool = False
+    overwrite: bool = False
     with_stats: bool = False
     cache: str | None = None
     ray: RayOptions | None = None
 
     def __post_init__(self) -> None:
+        self._check_options()
+        # Nothing sbert writes or removes may be an input: checked once, before anything is touched.
+        refuse_overlap(self.output.derived(), [self.input.path])
+        if self.cache is not None:
+            refuse_overlap(cache_paths(self.cache), [self.input.path])
+            refuse_overlap(self.output.derived(), [self.cache], noun="cache", change="--cache")
+
+    def _check_options(self) -> None:
         output = self.output
+        if self.resume and self.overwrite:
+            raise UsageError("--resume finishes an earlier run and --overwrite removes it; pass one of them")
         if self.ray is not None:
             if self.resume or self.with_stats or self.cache:
                 raise UsageError("--engine ray writes a fresh directory: --resume, --with-stats and --cache need --engine local")
+            if self.overwrite:
+                raise UsageError("--engine ray writes into an empty directory: --overwrite needs --engine local")
             if output.kind != "directory":
                 raise UsageError("--engine ray needs -o DIRECTORY for its Parquet shards")
             return
@@ -96,12 +118,12 @@ class EncodeJob:
             return
         if self.resume:
             raise UsageError("--resume needs -o DIRECTORY: only sharded output keeps a manifest to resume from")
+        if self.overwrite:
+            raise UsageError("--overwrite is for -o DIRECTORY: a single output file is always replaced whole")
         if self.skip_bad_rows and output.kind == "stdout":
             raise UsageError("--on-error skip needs an output file or directory to put the rejects beside; -o - has none")
         if self.with_stats and output.format == "npy":
             raise UsageError(f"{output.path}: --with-stats needs a .parquet or .jsonl output, which have room for the columns")
-        if output.kind == "file" and self.input.path != STDIN and Path(output.path).resolve() == Path(self.input.path).resolve():
-            raise UsageError(f"{output.path}: is the input file; pass another -o")
 
 
 def input_spec(path: str, format: str | None, text_column: str, id_column: str | None, several_files: bool) -> InputSpec:
@@ -128,6 +150,7 @@ def output_target(output: str | None, input_path: str, dtype: str) -> OutputTarg
         output = str(source.with_name(f"{source.stem}.embeddings.parquet"))
     if output == STDOUT:
         return OutputTarget(output, "stdout", "jsonl", dtype)
+    _refuse_file_in_the_way(output)
     if is_directory_output(output):
         return OutputTarget(str(Path(output)), "directory", "parquet", dtype)
     path = Path(output)
@@ -139,3 +162,26 @@ def output_target(output: str | None, input_path: str, dtype: str) -> OutputTarg
     if not os.access(path.parent, os.W_OK):
         raise OutputError(f"{output}: directory '{path.parent}' is not writable")
     return OutputTarget(output, "file", OUTPUT_FORMATS[suffix], dtype)
+
+
+def _refuse_file_in_the_way(output: str) -> None:
+    """A file where -o needs a directory: the output itself (a directory output) or one of its parents."""
+    path = Path(output)
+    if is_directory_output(output) and path.exists() and not path.is_dir():
+        raise UsageError(f"{output}: is a file, not a directory; pass a new or empty directory, or a .parquet, .npy or .jsonl file")
+    for folder in path.parents:
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"{output}: '{folder}' is a file, not a directory; pass another -o")
+
+
+def refuse_evaluate_overwrites(files: list[str], plot: str | None, cache: str | None) -> None:
+    """evaluate writes the plot and the cache: neither may be one of its pair files."""
+    if plot is not None:
+        refuse_overlap(Derived("--plot", (("plot", plot),)), files)
+    if cache is not None:
+        refuse_overlap(cache_paths(cache), files)
+
+
+def cache_paths(cache: str) -> Derived:
+    """The SQLite cache and the files SQLite keeps beside it."""
+    return Derived("--cache", tuple(("cache", cache + suffix) for suffix in ("", "-wal", "-shm", "-journal")))

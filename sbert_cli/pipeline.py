@@ -15,7 +15,8 @@ from sbert_cli import encoder as encoders
 from sbert_cli.batching import iter_windows
 from sbert_cli.embedding import ModelSource, TextWork, finish_texts, on_stderr, open_cache, prepare_texts
 from sbert_cli.errors import InputDataError
-from sbert_cli.io.manifest import DirectoryLayout, recorded_precision
+from sbert_cli.io.manifest import recorded_precision
+from sbert_cli.io.paths import DirectoryLayout
 from sbert_cli.io.readers import BadRow, Extent, Record, iter_rows, split_window
 from sbert_cli.io.sinks import open_sink
 from sbert_cli.plan import BatchPlan
@@ -67,7 +68,7 @@ def run_encode(job: EncodeJob, hooks: Hooks, extent: Extent) -> RunReport:
     handle = encoders.open_model(options)  # looked up at each call: the tests put a fake model in its place
     cache = open_cache(job.cache)
     started = time.perf_counter()
-    with open_sink(job, handle.info) as sink:
+    with open_sink(job, handle.info, hooks.notice) as sink:
         if sink.complete:
             return RunReport(EncodeStats(nothing_to_do=True), handle.info, sink.rejects_shown)
         source = ModelSource.for_handle(handle, cache, hooks.notice)

@@ -11,7 +11,8 @@ import numpy as np
 
 from sbert_cli.errors import UsageError
 from sbert_cli.evaluate import PairScore
-from sbert_cli.io.writers import output_errors, temporary_path
+from sbert_cli.io.paths import temporary_path
+from sbert_cli.io.writers import output_errors
 
 _PROBE = "中文"
 

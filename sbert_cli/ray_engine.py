@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from sbert_cli.errors import SbertError, UsageError, first_line
-from sbert_cli.io.manifest import DirectoryLayout
+from sbert_cli.io.manifest import create_layout
+from sbert_cli.io.paths import DirectoryLayout
 from sbert_cli.io.readers import EXTENSIONS, InputSpec, detect_format
 from sbert_cli.job import EncodeJob, RayOptions
 
@@ -164,7 +165,7 @@ def run_ray_job(job: EncodeJob, plan: RayPlan) -> RayResult:
         raise UsageError("--engine ray needs Ray: pip install 'sbert-cli[ray]'") from None
     assert job.ray is not None
     layout = DirectoryLayout(Path(job.output.path))
-    layout.create()
+    create_layout(layout)
     if any(layout.data.iterdir()):
         raise UsageError(f"{layout.data}: is not empty; --engine ray writes into an empty directory")
     started = time.perf_counter()

@@ -40,7 +40,7 @@ def ray_summary_line(result: RayResult, where: str) -> str:
     """One line on stderr after an --engine ray run."""
     from pathlib import Path
 
-    from sbert_cli.io.manifest import DirectoryLayout
+    from sbert_cli.io.paths import DirectoryLayout
 
     parts = [f"sbert: {result.rows} rows"]
     if result.rejected:

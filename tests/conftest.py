@@ -205,9 +205,10 @@ def fake_encoder(monkeypatch: pytest.MonkeyPatch) -> FakeEncoder:
     return encoder
 
 
-def cli_child(setup: str = "") -> str:
+def cli_child(setup: str = "", report_rss: bool = True) -> str:
     """A child process's code: `setup`, then the real `sbert` command on its arguments; it prints its peak RSS
-    (KiB) last and exits with the command's code."""
+    (KiB) last (unless `report_rss` is off) and exits with the command's code."""
+    report = "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n" if report_rss else ""
     return setup + """
 import resource, sys
 from sbert_cli.cli import app
@@ -217,14 +218,13 @@ except SystemExit as done:
     code = done.code or 0
 else:
     code = 0
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-sys.exit(code)
+""" + report + """sys.exit(code)
 """
 
 
 # A child process that runs the real `sbert` command with the fake encoder, each batch slowed by
 # FAKE_DELAY seconds so a test can interrupt it mid-run.
-FAKE_CLI_CHILD = cli_child("""
+FAKE_SETUP = """
 import os, time
 import sbert_cli.encoder
 from tests.conftest import FakeEncoder, FakeHandle
@@ -235,4 +235,5 @@ class SlowFakeEncoder(FakeEncoder):
         return super().embed(ids)
 
 sbert_cli.encoder.open_model = lambda options: FakeHandle(SlowFakeEncoder(dim=int(os.environ.get("FAKE_DIM", "4")), record=False))
-""")
+"""
+FAKE_CLI_CHILD = cli_child(FAKE_SETUP)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sbert_cli.io.manifest import DirectoryLayout
+from sbert_cli.io.paths import DirectoryLayout
 from tests.conftest import FakeEncoder, expected_fake_vectors
 from tests.test_cli import error_of, run
 from tests.test_unattended import (

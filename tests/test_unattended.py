@@ -15,7 +15,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from sbert_cli.io.manifest import DirectoryLayout, file_sha256
+from sbert_cli.io.manifest import file_sha256
+from sbert_cli.io.paths import DirectoryLayout
 from tests.conftest import FAKE_CLI_CHILD, ROOT, FakeEncoder, expected_fake_vectors
 from tests.test_cli import error_of, run
 
@@ -150,7 +151,7 @@ def test_directory_output_writes_shards_and_manifest(tmp_path: Path, fake_encode
     assert "3 shards encoded, 0 already done (0 rows)" in result.stderr
     again = run("encode", source, "-o", out, "--id-column", "id", "--shard-rows", "100")
     assert again.exit_code == 2
-    assert error_of(again) == f"sbert: error: {out}: holds shards of an earlier run; pass --resume to finish it, or choose an empty directory"
+    assert error_of(again) == f"sbert: error: {out}: holds 3 finished shards of an earlier run; pass --resume to finish it, or --overwrite to start over"
 
 
 def test_resume_refuses_a_changed_input_or_options(tmp_path: Path, fake_encoder: FakeEncoder) -> None:
@@ -167,7 +168,7 @@ def test_resume_refuses_a_changed_input_or_options(tmp_path: Path, fake_encoder:
     assert result.exit_code == 2
     assert error_of(result) == (
         f"sbert: error: {out}: the input differs from the manifest's (size, mtime_ns, edge_sha256 changed); "
-        "resume only with the same input file, or write into an empty directory"
+        "resume only with the same input file, or pass --overwrite to start over with this one"
     )
 
 

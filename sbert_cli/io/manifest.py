@@ -5,52 +5,28 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sbert_cli.errors import InputDataError, UsageError
 from sbert_cli.io.readers import STDIN
-from sbert_cli.io.writers import TEMPORARY_MARK, output_errors, temporary_path
+from sbert_cli.io.paths import TEMPORARY_MARK, DirectoryLayout, temporary_path
+from sbert_cli.io.writers import NOTHING_WRITTEN, output_errors
 
 MANIFEST_VERSION = 2
+_SHARD_NAME = re.compile(r"part-\d{5}\.parquet")
+_FIRST_LAYOUT_FILES = ("manifest.json", ".sbert.lock")  # sbert 0.1 kept these in the directory; moved on first use
+_FIRST_LAYOUT_REJECTS = re.compile(r"part-\d{5}\.rejects\.jsonl")
 _EDGE_BYTES = 1 << 20  # the input is identified by size, mtime and a hash of its first and last MiB
 
 
-@dataclass(frozen=True)
-class DirectoryLayout:
-    """OUT/ holds Parquet shards and nothing else, so every dataset reader takes it whole; the manifest,
-    rejects, lock and temporary files live in the sibling folder OUT.sbert/, where no reader looks."""
-
-    data: Path
-
-    @property
-    def state(self) -> Path:
-        return self.data.with_name(self.data.name + ".sbert")
-
-    @property
-    def manifest(self) -> Path:
-        return self.state / "manifest.json"
-
-    @property
-    def rejects(self) -> Path:
-        return self.state / "rejects"
-
-    @property
-    def lock(self) -> Path:
-        return self.state / "lock"
-
-    def create(self) -> None:
-        """The output directory and its state folder, made when missing; a failure is one line naming it."""
-        with output_errors(str(self.data)):
-            for folder in (self.data, self.state, self.rejects):
-                folder.mkdir(parents=True, exist_ok=True)
-
-    def shard(self, index: int) -> Path:
-        return self.data / f"part-{index:05d}.parquet"
-
-    def shard_rejects(self, index: int) -> Path:
-        return self.rejects / f"part-{index:05d}.rejects.jsonl"
+def create_layout(layout: DirectoryLayout) -> None:
+    """The output directory and its state folder, made when missing; a failure is one line naming it."""
+    with output_errors(str(layout.data)):
+        for folder in (layout.data, layout.state, layout.rejects):
+            folder.mkdir(parents=True, exist_ok=True)
 
 
 @dataclass(frozen=True)
@@ -122,10 +98,10 @@ def load_manifest(path: Path) -> Manifest | None:
         raise InputDataError(f"{path}: unreadable manifest ({exc}); write into an empty directory instead") from None
 
 
-def save_manifest(layout: DirectoryLayout, manifest: Manifest) -> None:
+def save_manifest(layout: DirectoryLayout, manifest: Manifest, on_failure: str = NOTHING_WRITTEN) -> None:
     """Atomically: a reader (or a crash) sees the old manifest or the new one, never half of one."""
     temp = temporary_path(str(layout.manifest))
-    with output_errors(str(layout.manifest)):
+    with output_errors(str(layout.manifest), on_failure):
         with open(temp, "w", encoding="utf-8") as stream:
             json.dump(asdict(manifest), stream, indent=2, ensure_ascii=False)
             stream.write("\n")
@@ -143,23 +119,31 @@ def recorded_precision(layout: DirectoryLayout) -> str | None:
     return None
 
 
-def prepare_directory(layout: DirectoryLayout, identity: InputIdentity, options: dict[str, Any], resume: bool) -> Manifest:
+def prepare_directory(layout: DirectoryLayout, identity: InputIdentity, options: dict[str, Any], resume: bool, overwrite: bool) -> Manifest:
     """The manifest to write under, with the lock held: a fresh one, or the earlier run's once it matches this run.
 
-    With --resume, a directory with nothing to resume (missing, empty, killed before its first manifest)
-    starts a fresh run, so the same cron line is right every time; without it, earlier shards are refused.
+    A directory with nothing to keep (missing, empty, or an earlier run that finished no shard) starts a fresh
+    run, with or without --resume, so the same cron line is right every time. Finished shards of an earlier
+    run are resumed (--resume), removed (--overwrite) or refused; files sbert did not write are never touched.
     """
     _migrate_first_layout(layout)
-    _remove_stale_temporaries(layout)
     earlier = load_manifest(layout.manifest)
-    if earlier is None and not any(layout.data.glob("part-*.parquet")):
+    finished = sorted(layout.data.glob("part-*.parquet"))
+    if finished and earlier is None:
+        raise UsageError(f"{layout.data}: holds Parquet files that no sbert manifest describes; choose an empty directory")
+    if earlier is not None and (overwrite or not earlier.shards):
+        _remove_earlier_run(layout)
+        earlier = None
+    if earlier is None:
         manifest = Manifest(input=asdict(identity), options=options)
         save_manifest(layout, manifest)
         return manifest
     if not resume:
-        raise UsageError(f"{layout.data}: holds shards of an earlier run; pass --resume to finish it, or choose an empty directory")
-    if earlier is None:
-        raise UsageError(f"{layout.data}: holds Parquet files that no sbert manifest describes; choose an empty directory")
+        count = len(earlier.shards)
+        raise UsageError(
+            f"{layout.data}: holds {count} finished shard{'s' if count != 1 else ''} of an earlier run; "
+            "pass --resume to finish it, or --overwrite to start over"
+        )
     _check_same_run(layout, earlier, identity, options)
     intact = [entry for entry in earlier.shards if _shard_is_intact(layout, entry)]
     if earlier.complete and len(intact) == len(earlier.shards):
@@ -169,6 +153,43 @@ def prepare_directory(layout: DirectoryLayout, identity: InputIdentity, options:
     return earlier
 
 
+def refuse_foreign_files(layout: DirectoryLayout) -> None:
+    """An existing -o DIRECTORY must be empty or an sbert output: shards, and temporary files of sbert's own."""
+    if not layout.data.is_dir():
+        return
+    first_layout = (layout.data / "manifest.json").is_file()  # sbert 0.1 kept its state in the directory
+    foreign = sorted(
+        path.name for path in layout.data.iterdir()
+        if not (
+            _SHARD_NAME.fullmatch(path.name)
+            or TEMPORARY_MARK in path.name
+            or (first_layout and (path.name in _FIRST_LAYOUT_FILES or _FIRST_LAYOUT_REJECTS.fullmatch(path.name)))
+        )
+    )
+    if foreign:
+        shown = ", ".join(repr(name) for name in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise UsageError(f"{layout.data}: holds files sbert did not write ({shown}); pass an empty or new directory to -o")
+
+
+def remove_stale_temporaries(layout: DirectoryLayout) -> list[Path]:
+    """Temporary files of a run that was killed; we hold the lock, so none belongs to a live run."""
+    removed = []
+    for folder in (layout.state, layout.data, layout.rejects):
+        for path in folder.glob(f".*{TEMPORARY_MARK}*"):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _remove_earlier_run(layout: DirectoryLayout) -> None:
+    """What an earlier run wrote, and only that: its shards (the directory holds nothing else, and its manifest says
+    sbert wrote it), their rejects, then the manifest."""
+    with output_errors(str(layout.data)):
+        for path in [*layout.data.glob("part-*.parquet"), *layout.rejects.glob("part-*.rejects.jsonl")]:
+            path.unlink()
+        layout.manifest.unlink(missing_ok=True)
+
+
 def _check_same_run(layout: DirectoryLayout, earlier: Manifest, identity: InputIdentity, options: dict[str, Any]) -> None:
     if identity.path == STDIN:
         raise UsageError("--resume needs the input as a file: stdin cannot be checked against the manifest")
@@ -176,7 +197,7 @@ def _check_same_run(layout: DirectoryLayout, earlier: Manifest, identity: InputI
     if changed:
         raise UsageError(
             f"{layout.data}: the input differs from the manifest's ({', '.join(changed)} changed); "
-            "resume only with the same input file, or write into an empty directory"
+            "resume only with the same input file, or pass --overwrite to start over with this one"
         )
     differing = sorted(key for key in set(options) | set(earlier.options) if options.get(key) != earlier.options.get(key))
     if differing:
@@ -189,13 +210,6 @@ def _shard_is_intact(layout: DirectoryLayout, entry: ShardEntry) -> bool:
     if not path.is_file() or file_sha256(path) != entry.sha256:
         return False
     return entry.rejects_file is None or (layout.state / entry.rejects_file).is_file()
-
-
-def _remove_stale_temporaries(layout: DirectoryLayout) -> None:
-    """Temporary files of a run that was killed; we hold the lock, so none belongs to a live run."""
-    for folder in (layout.state, layout.data):
-        for path in folder.glob(f".*{TEMPORARY_MARK}*"):
-            path.unlink(missing_ok=True)
 
 
 def _migrate_first_layout(layout: DirectoryLayout) -> None:

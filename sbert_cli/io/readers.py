@@ -84,7 +84,11 @@ def sniff_format(head: bytes) -> str:
 
 
 def iter_rows(spec: InputSpec, extent: Extent | None = None) -> Iterator[Record | BadRow]:
-    """Every data row of an encode input in order, as a Record or, when it cannot be encoded, a BadRow."""
+    """Every data row of an encode input in order, as a Record or, when it cannot be encoded, a BadRow.
+
+    Ids are all strings or all integers, as the first good row's: the output's id column has one type.
+    """
+    id_kind: str | None = None
     for item in iter_fields(spec.table, extent):
         if isinstance(item, BadRow):
             yield item
@@ -94,6 +98,9 @@ def iter_rows(spec: InputSpec, extent: Extent | None = None) -> Iterator[Record 
         if spec.id_column is not None:
             record_id = item.values[1]
             problem = f"no field '{spec.id_column}'" if record_id is MISSING else _id_problem(record_id)
+            kind = _ID_KINDS[type(record_id)] if not problem else None
+            if kind is not None and id_kind not in (None, kind):
+                problem = f"id is {kind}, but the ids before it are {_PLURAL[id_kind]}; use ids of one type"
             if problem:
                 yield BadRow(item.row, item.where, None, problem)
                 continue
@@ -101,6 +108,8 @@ def iter_rows(spec: InputSpec, extent: Extent | None = None) -> Iterator[Record 
         if problem:
             yield BadRow(item.row, item.where, record_id, problem)
             continue
+        if spec.id_column is not None:
+            id_kind = id_kind or _ID_KINDS[type(record_id)]
         yield Record(item.row, record_id, text)
 
 
@@ -168,9 +177,16 @@ def _text_problem(column: str, value: Any) -> str | None:
     return None
 
 
+_ID_KINDS = {str: "a string", int: "an integer"}
+_PLURAL = {"a string": "strings", "an integer": "integers"}
+_INT64 = range(-(2**63), 2**63)
+
+
 def _id_problem(value: Any) -> str | None:
     if value is None:
         return "id is null"
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
+    if type(value) not in _ID_KINDS:
         return f"id is {json_type(value)}; ids must be strings or integers"
+    if isinstance(value, int) and value not in _INT64:
+        return "id is an integer beyond 64 bits; write it as a string"
     return None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -11,9 +11,20 @@ from typing import Any, Protocol
 import numpy as np
 
 from sbert_cli.io.lock import output_lock
-from sbert_cli.io.manifest import DirectoryLayout, Manifest, ShardEntry, file_sha256, identify_input, prepare_directory, save_manifest
+from sbert_cli.io.manifest import (
+    Manifest,
+    ShardEntry,
+    create_layout,
+    file_sha256,
+    identify_input,
+    prepare_directory,
+    refuse_foreign_files,
+    remove_stale_temporaries,
+    save_manifest,
+)
+from sbert_cli.io.paths import DirectoryLayout, file_lock_path, remove_leftovers
 from sbert_cli.io.readers import BadRow, Record
-from sbert_cli.io.writers import WRITERS, EmbeddingWriter, ParquetWriter, RejectsWriter, WriterSpec
+from sbert_cli.io.writers import NOTHING_WRITTEN, WRITERS, EmbeddingWriter, ParquetWriter, RejectsWriter, WriterSpec
 from sbert_cli.job import EncodeJob
 from sbert_cli.model.description import ModelInfo
 
@@ -67,24 +78,36 @@ def run_options(job: EncodeJob, info: ModelInfo) -> dict[str, Any]:
 
 
 @contextmanager
-def open_sink(job: EncodeJob, info: ModelInfo) -> Iterator[Sink]:
-    """The job's sink, with its output locked against a second run; on any failure the sink is aborted."""
+def open_sink(job: EncodeJob, info: ModelInfo, notice: Callable[[str], None]) -> Iterator[Sink]:
+    """The job's sink, with its output locked against a second run; on any failure the sink is aborted.
+
+    With the lock held, temporary files of an earlier run on the same output are the leftovers of a run that
+    was killed (a live one would hold the lock): they are removed, and `notice` is told once.
+    """
     output = job.output
     stats_length = info.max_length if job.with_stats else None
     spec = WriterSpec(output.path, info.dim, describe_vectors(info, output.dtype), output.dtype, stats_length)
     if output.kind == "stdout":
-        yield from _guarded(FileSink(spec, output.format, None))
+        yield from _guarded(FileSink(replace(spec, on_failure="the output stopped there"), output.format, None))
         return
     if output.kind == "file":
-        path = Path(output.path)
-        with output_lock(path.with_name(f".{path.name}.sbert.lock"), output.path, remove=True):
+        with output_lock(file_lock_path(output.path), output.path, remove=True):
+            _tell_removed(remove_leftovers(path for role, path in output.derived().files if role != "lock file"), notice)
             yield from _guarded(FileSink(spec, output.format, RejectsWriter(output.rejects_path)))
         return
     layout = DirectoryLayout(Path(output.path))
-    layout.create()
+    refuse_foreign_files(layout)
+    create_layout(layout)
     with output_lock(layout.lock, str(layout.data), remove=False):
-        manifest = prepare_directory(layout, identify_input(job.input.path), run_options(job, info), job.resume)
+        _tell_removed(remove_stale_temporaries(layout), notice)
+        manifest = prepare_directory(layout, identify_input(job.input.path), run_options(job, info), job.resume, job.overwrite)
         yield from _guarded(ShardedSink(layout, manifest, job.shard_rows, replace(spec, temp_dir=layout.state)))
+
+
+def _tell_removed(paths: list[Path], notice: Callable[[str], None]) -> None:
+    if paths:
+        shown = ", ".join(str(path) for path in sorted(paths))
+        notice(f"sbert: removed {len(paths)} temporary file{'s' if len(paths) != 1 else ''} left by an earlier run that was killed: {shown}")
 
 
 def _guarded(sink: Sink) -> Iterator[Sink]:
@@ -157,8 +180,16 @@ class ShardedSink:
     def start_shard(self, index: int) -> None:
         self._index = index
         self._rows_seen = 0
-        self._writer = ParquetWriter(replace(self.spec, path=str(self.layout.shard(index))))
-        self._rejects = RejectsWriter(str(self.layout.shard_rejects(index)), self.layout.state)
+        on_failure = self._on_failure()
+        self._writer = ParquetWriter(replace(self.spec, path=str(self.layout.shard(index)), on_failure=on_failure))
+        self._rejects = RejectsWriter(str(self.layout.shard_rejects(index)), self.layout.state, on_failure)
+
+    def _on_failure(self) -> str:
+        """What a failed write leaves: the shards finished so far stay, and --resume goes on from them."""
+        count = len(self.manifest.shards)
+        if not count:
+            return f"no shard was finished; {NOTHING_WRITTEN}"
+        return f"{count} finished shard{'s' if count != 1 else ''} kept in {self.layout.data}; rerun with --resume to continue"
 
     def write(self, records: list[Record], vectors: np.ndarray, n_tokens: list[int]) -> None:
         assert self._writer is not None
@@ -178,8 +209,9 @@ class ShardedSink:
         first = self._index * self.shard_rows
         rejects_file = str(Path(self._rejects.path).relative_to(self.layout.state)) if self._rejects.count else None
         entry = ShardEntry(path.name, first, first + self._rows_seen, self._writer.rows, self._rejects.count, file_sha256(path), rejects_file)
+        on_failure = self._on_failure()
         self.manifest.shards = sorted([*self.manifest.shards, entry], key=lambda shard: shard.first_row)
-        save_manifest(self.layout, self.manifest)
+        save_manifest(self.layout, self.manifest, on_failure)
         self._writer = self._rejects = None
 
     def finish(self) -> None:
@@ -192,3 +224,6 @@ class ShardedSink:
         if self._rejects is not None:
             self._rejects.abort()
         self._writer = self._rejects = None
+        if not self.manifest.shards:
+            # Nothing was finished: leave no manifest either, so the directory holds nothing of this run.
+            self.layout.manifest.unlink(missing_ok=True)

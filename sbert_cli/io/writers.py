@@ -14,23 +14,14 @@ from typing import IO, Any
 import numpy as np
 
 from sbert_cli.errors import InputDataError, OutputError
+from sbert_cli.io.paths import ids_path, temporary_path
+from sbert_cli.io.pipe import confirm_delivered
 from sbert_cli.job import STDOUT
 
 _NPY_HEADER_BYTES = 128  # room for any [rows, dim] shape; rewritten with the real row count at the end
 
 
-def ids_path(path: str) -> str:
-    """The .npy sidecar holding ids, one JSON value a line: vectors.npy -> vectors.ids.jsonl."""
-    return str(Path(path).with_suffix(".ids.jsonl"))
-
-
-TEMPORARY_MARK = ".sbert-tmp-"
-
-
-def temporary_path(path: str, directory: Path | None = None) -> str:
-    """A hidden name beside the target (or in `directory`, on the same filesystem), so the final rename is atomic."""
-    target = Path(path)
-    return str((directory or target.parent) / f".{target.name}{TEMPORARY_MARK}{os.getpid()}")
+NOTHING_WRITTEN = "nothing was written"
 
 
 @dataclass(frozen=True)
@@ -47,6 +38,7 @@ class WriterSpec:
     dtype: str = "float32"
     stats_max_length: int | None = None
     temp_dir: Path | None = None  # default: beside the file
+    on_failure: str = NOTHING_WRITTEN  # what a failed write leaves, for its error line
 
 
 class EmbeddingWriter:
@@ -70,7 +62,7 @@ class EmbeddingWriter:
         """Flush and close the open files."""
 
     def finish(self) -> None:
-        with output_errors(self.spec.path):
+        with output_errors(self.spec.path, self.spec.on_failure):
             self._close()
             for temp, final in self._renames:
                 os.replace(temp, final)
@@ -110,7 +102,7 @@ class ParquetWriter(EmbeddingWriter):
             arrays += [pa.array(counts), pa.array(counts > self.spec.stats_max_length)]
             names += ["n_tokens", "truncated"]
         table = pa.Table.from_arrays(arrays, names=names)
-        with output_errors(self.spec.path):
+        with output_errors(self.spec.path, self.spec.on_failure):
             if self._writer is None:
                 self._id_type = id_array.type
                 self._writer = pq.ParquetWriter(self._temp, table.schema.with_metadata(self.spec.metadata))
@@ -153,13 +145,13 @@ class NpyWriter(EmbeddingWriter):
 
     def __init__(self, spec: WriterSpec) -> None:
         super().__init__(spec)
-        with output_errors(spec.path):
+        with output_errors(spec.path, spec.on_failure):
             self._ids_file: IO[str] = open(self._temporary(ids_path(spec.path)), "w", encoding="utf-8")
             self._array_file: IO[bytes] = open(self._temporary(spec.path), "wb")
             self._array_file.write(_npy_header(self.dtype, (0, spec.dim)))
 
     def write(self, ids: list[Any], vectors: np.ndarray, n_tokens: list[int] | None = None) -> None:
-        with output_errors(self.spec.path):
+        with output_errors(self.spec.path, self.spec.on_failure):
             self._ids_file.write("".join(json.dumps(value, ensure_ascii=False) + "\n" for value in ids))
             self._array_file.write(np.ascontiguousarray(vectors, dtype=self.dtype).tobytes())
         self.rows += len(ids)
@@ -188,7 +180,7 @@ class JsonLinesWriter(EmbeddingWriter):
         super().__init__(spec)
         self._owns_stream = spec.path != STDOUT
         if self._owns_stream:
-            with output_errors(spec.path):
+            with output_errors(spec.path, spec.on_failure):
                 self._stream: IO[str] = open(self._temporary(spec.path), "w", encoding="utf-8")
         else:
             self._stream = sys.stdout
@@ -201,7 +193,7 @@ class JsonLinesWriter(EmbeddingWriter):
             for obj, count in zip(objects, n_tokens):
                 obj["n_tokens"], obj["truncated"] = count, count > limit
         lines = "".join(json.dumps(obj, ensure_ascii=False) + "\n" for obj in objects)
-        with output_errors(self.spec.path):
+        with output_errors(self.spec.path, self.spec.on_failure):
             self._stream.write(lines)
             if not self._owns_stream:
                 self._stream.flush()  # a pipeline reader gets each window as soon as it is ready
@@ -211,26 +203,33 @@ class JsonLinesWriter(EmbeddingWriter):
         if self._owns_stream:
             self._stream.close()
 
+    def finish(self) -> None:
+        super().finish()
+        if not self._owns_stream:
+            with output_errors(self.spec.path, self.spec.on_failure):
+                confirm_delivered(self._stream)  # rows a pipe's reader never took are not written
+
 
 WRITERS: dict[str, type[EmbeddingWriter]] = {"parquet": ParquetWriter, "npy": NpyWriter, "jsonl": JsonLinesWriter}
 
 
 @contextmanager
-def output_errors(path: str) -> Iterator[None]:
-    """OSError while writing (disk full, permissions) -> one-line OutputError naming the file."""
+def output_errors(path: str, outcome: str = NOTHING_WRITTEN) -> Iterator[None]:
+    """OSError while writing (disk full, permissions) -> one-line OutputError naming the file and what is left."""
     try:
         yield
     except BrokenPipeError:
-        raise  # the reader of stdout went away: the CLI exits quietly
+        raise  # the reader of stdout went away: the CLI exits 141
     except OSError as exc:
-        raise OutputError(f"{path}: cannot write ({exc.strerror or exc}); nothing was written") from None
+        raise OutputError(f"{path}: cannot write ({exc.strerror or exc}); {outcome}") from None
 
 
 class RejectsWriter:
     """Bad rows as JSON lines ({"row", "id", "where", "reason"}), under a temporary name until finish()."""
 
-    def __init__(self, path: str, temp_dir: Path | None = None) -> None:
+    def __init__(self, path: str, temp_dir: Path | None = None, on_failure: str = NOTHING_WRITTEN) -> None:
         self.path = path
+        self.on_failure = on_failure
         self.count = 0
         self._temp = temporary_path(path, temp_dir)
         self._stream: IO[str] | None = None
@@ -238,7 +237,7 @@ class RejectsWriter:
     def add(self, rows: list[Any]) -> None:
         if not rows:
             return
-        with output_errors(self.path):
+        with output_errors(self.path, self.on_failure):
             if self._stream is None:
                 self._stream = open(self._temp, "w", encoding="utf-8")
             for bad in rows:
@@ -248,7 +247,7 @@ class RejectsWriter:
 
     def finish(self) -> None:
         """Publish the rejects; with none, remove a rejects file left by an earlier run, which no longer applies."""
-        with output_errors(self.path):
+        with output_errors(self.path, self.on_failure):
             if self._stream is not None:
                 self._stream.close()
                 os.replace(self._temp, self.path)
