@@ -186,15 +186,14 @@ def _notice(quiet: bool, bar: Any = None) -> Callable[[str], None]:
 
 def _encode_with_ray(job: EncodeJob, quiet: bool) -> int:
     from sbert_cli.ray_engine import plan_ray_job, run_ray_job
+    from sbert_cli.report import plural, ray_summary_line
 
     assert job.ray is not None
     plan = plan_ray_job(job)
     if not quiet:
-        typer.echo(f"sbert: encoding {len(plan.inputs)} file(s) with {plan.workers} worker(s) on {plan.where(job.ray)}", err=True)
+        typer.echo(f"sbert: encoding {plural(len(plan.inputs), 'file')} with {plural(plan.workers, 'worker')} on {plan.where(job.ray)}", err=True)
     result = run_ray_job(job, plan)
     if not quiet:
-        from sbert_cli.report import ray_summary_line
-
         typer.echo(ray_summary_line(result, job.output.shown), err=True)
     return result.rejected
 
