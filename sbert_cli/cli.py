@@ -268,7 +268,8 @@ def _print_scores(model: str, sets: list[PairSet], scores: list[PairScore], wors
     worst_lists = [worst_pairs(pair_set, score, worst) for pair_set, score in zip(sets, scores)] if worst else None
     if as_json:
         results = [score_json(score, worst_lists[i] if worst_lists else None) for i, score in enumerate(scores)]
-        typer.echo(json.dumps({"model": model, "results": results}, ensure_ascii=False))
+        # allow_nan=False: strict JSON parsers reject NaN, so a NaN that got this far must fail here, not downstream.
+        typer.echo(json.dumps({"model": model, "results": results}, ensure_ascii=False, allow_nan=False))
         return
     terminal = sys.stdout.isatty()
     typer.echo(scores_table(scores, terminal))

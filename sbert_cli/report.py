@@ -97,15 +97,23 @@ def render_table(header: Sequence[str], rows: Sequence[Sequence[str]], terminal:
 
 
 def scores_table(scores: Sequence[PairScore], terminal: bool) -> str:
-    return render_table(
+    """The correlations, one column per set; a set whose correlation is undefined says so, and a note under the
+    table says why."""
+    table = render_table(
         ["", *(score.name for score in scores)],
         [
-            ["spearman", *(f"{score.spearman:.2f}" for score in scores)],
-            ["pearson", *(f"{score.pearson:.2f}" for score in scores)],
+            ["spearman", *(_correlation(score.spearman) for score in scores)],
+            ["pearson", *(_correlation(score.pearson) for score in scores)],
             ["pairs", *(str(score.pairs) for score in scores)],
         ],
         terminal,
     )
+    notes = [f"note: {score.name}: spearman and pearson are undefined: {score.undefined}" for score in scores if score.undefined]
+    return "\n".join([table, *notes])
+
+
+def _correlation(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.2f}"
 
 
 def worst_table(name: str, pairs: Sequence[WorstPair], terminal: bool) -> str:
