@@ -198,9 +198,35 @@ def test_malformed_line_leaves_no_output(tmp_path: Path, fake_encoder) -> None:
     out.write_bytes(b"previous good output")
     result = run("encode", source, "-o", out, "--chunk-size", "4")
     assert result.exit_code == 1
-    assert error_of(result) == f"sbert: error: {source}:31: invalid JSON (Expecting ',' delimiter); each line must be one JSON object"
+    assert error_of(result) == f"sbert: error: {source}:31: invalid JSON (Expecting ',' delimiter at column 14); each line must be one JSON object"
     assert out.read_bytes() == b"previous good output"  # the earlier file is untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl", "out.parquet"]  # no temporary left
+
+
+def test_invalid_json_says_where_on_the_line(tmp_path: Path, fake_encoder) -> None:
+    source = tmp_path / "data.jsonl"
+    source.write_text('{"text": "好"}\n{"text": "a\tb"}\n{"text": "未完"\n', encoding="utf-8")
+    result = run("encode", source, "-o", tmp_path / "out.parquet")
+    assert result.exit_code == 1
+    assert error_of(result) == f"sbert: error: {source}:2: invalid JSON (Invalid control character at column 12); each line must be one JSON object"
+    skipped = run("encode", source, "-o", tmp_path / "out.parquet", "--on-error", "skip")
+    assert skipped.exit_code == 3
+    rejects = [json.loads(line)["reason"] for line in (tmp_path / "out.rejects.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert rejects == [
+        "invalid JSON (Invalid control character at column 12); each line must be one JSON object",
+        "invalid JSON (Expecting ',' delimiter at the end of the line); each line must be one JSON object",
+    ]
+
+
+def test_a_directory_input_says_what_reads_one(tmp_path: Path, fake_encoder) -> None:
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text('{"text": "好"}\n', encoding="utf-8")
+    result = run("encode", folder, "-o", tmp_path / "out.parquet")
+    assert result.exit_code == 2
+    assert error_of(result) == (
+        f"sbert: error: {folder}: is a directory; pass a file, or --engine ray to read every file in it (or a glob such as '{folder / '*.jsonl'}')"
+    )
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,7 @@ MIXED_LINES = [
 ]
 EXPECTED_REJECTS = [
     {"row": 1, "id": "b", "where": "{}:2", "reason": "'text' is null"},
-    {"row": 2, "id": None, "where": "{}:3", "reason": "invalid JSON (Expecting ',' delimiter); each line must be one JSON object"},
+    {"row": 2, "id": None, "where": "{}:3", "reason": "invalid JSON (Expecting ',' delimiter at the end of the line); each line must be one JSON object"},
     {"row": 3, "id": "d", "where": "{}:4", "reason": "'text' is a number, not a string"},
     {"row": 5, "id": "f", "where": "{}:6", "reason": "no field 'text'"},
     {"row": 6, "id": None, "where": "{}:7", "reason": "expected a JSON object, found an array"},
