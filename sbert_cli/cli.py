@@ -11,10 +11,10 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
-from typer.core import TyperGroup
 
 from sbert_cli import __version__
 from sbert_cli.errors import EXIT_WITH_REJECTS, SbertError, UsageError
+from sbert_cli.help_format import PlainHelpCommand, PlainHelpGroup
 from sbert_cli.io.readers import InputFormat
 from sbert_cli.job import DEFAULT_MODEL, Dtype, EncodeJob, Engine, ModelOptions, OnError, Precision
 from sbert_cli.plan import DEVICE_DEFAULTS
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from sbert_cli.evaluate import PairScore, PairSet
 
 
-class _OneLineErrors(TyperGroup):
+class _OneLineErrors(PlainHelpGroup):
     """Typer's own usage errors (a bad choice, a missing argument) print as our one `sbert: error:` line, exit 2."""
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
@@ -62,14 +62,14 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-cache_app = typer.Typer(help="Look into a vector cache file, or prune what is no longer wanted.", no_args_is_help=True)
+cache_app = typer.Typer(cls=PlainHelpGroup, help="Look into a vector cache file, or prune what is no longer wanted.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 
 INPUT, MODEL, BATCHING, OUTPUT, UNATTENDED, RAY = "Input", "Model", "Batching", "Output", "Unattended runs", "Ray"
 
 
 ModelOption = Annotated[str, typer.Option("--model", "-m", envvar="SBERT_MODEL", rich_help_panel=MODEL, help="Hub id or local directory (sentence-transformers or transformers layout).")]
-DeviceOption = Annotated[str, typer.Option(parser=_device, metavar="[auto|cpu|cuda|cuda:N]", rich_help_panel=MODEL, help="auto takes CUDA when torch sees a GPU.")]
+DeviceOption = Annotated[str, typer.Option(parser=_device, metavar="<auto|cpu|cuda|cuda:N>", rich_help_panel=MODEL, help="auto takes CUDA when torch sees a GPU.")]
 PrecisionOption = Annotated[Precision, typer.Option(rich_help_panel=MODEL, help="Forward pass precision; auto: fp16 on CUDA, bf16 on a CPU with native bf16, else fp32. Vectors are float32.")]
 MaxLengthOption = Annotated[Optional[int], typer.Option(rich_help_panel=MODEL, help="Truncate texts to this many tokens (default: the model's).")]
 def _auto(option: str) -> str:
@@ -99,7 +99,7 @@ def _user_errors() -> Iterator[None]:
         raise typer.Exit(141) from None
 
 
-@app.command()
+@app.command(cls=PlainHelpCommand)
 def encode(
     input: Annotated[str, typer.Argument(help="CSV, TSV, JSONL or Parquet file; - reads stdin; with --engine ray also a directory or glob.", show_default=False)],
     format: Annotated[Optional[InputFormat], typer.Option("--format", "-f", rich_help_panel=INPUT, help="Input format (default: from the extension; sniffed on stdin).")] = None,
@@ -198,7 +198,7 @@ def _encode_with_ray(job: EncodeJob, quiet: bool) -> int:
     return result.rejected
 
 
-@app.command()
+@app.command(cls=PlainHelpCommand)
 def sim(
     sentences: Annotated[list[str], typer.Argument(help="A sentence, then one or more to compare it with.", show_default=False)],
     model: ModelOption = DEFAULT_MODEL,
@@ -225,7 +225,7 @@ def sim(
                 typer.echo(f"{score:.4f}")
 
 
-@app.command()
+@app.command(cls=PlainHelpCommand)
 def evaluate(
     files: Annotated[list[str], typer.Argument(help="Pair files: headerless 'sentence1, sentence2, label' TSV/CSV, or named columns.", show_default=False)],
     columns: Annotated[Optional[str], typer.Option(rich_help_panel=INPUT, help="Names of the two sentence columns and the label, e.g. sentence1,sentence2,label.")] = None,
@@ -277,7 +277,7 @@ def _print_scores(model: str, sets: list[PairSet], scores: list[PairScore], wors
         typer.echo("\n" + worst_table(score.name, pairs, terminal))
 
 
-@cache_app.command("info")
+@cache_app.command("info", cls=PlainHelpCommand)
 def cache_info(path: Annotated[str, typer.Argument(help="The cache file.", show_default=False)]) -> None:
     """The models in a cache, with their options, vector counts and size."""
     from sbert_cli.report import cache_table
@@ -287,7 +287,7 @@ def cache_info(path: Annotated[str, typer.Argument(help="The cache file.", show_
         typer.echo(cache_table(path, cache.size_bytes(), cache.summary(), sys.stdout.isatty()))
 
 
-@cache_app.command("prune")
+@cache_app.command("prune", cls=PlainHelpCommand)
 def cache_prune(
     path: Annotated[str, typer.Argument(help="The cache file.", show_default=False)],
     keep_model: Annotated[Optional[list[str]], typer.Option(help="Keep this model's vectors (repeatable); the others' go.")] = None,
