@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,7 @@ from hypothesis import strategies as st
 from sbert_cli.encoder import load_encoder
 from sbert_cli.evaluate import name_pair_sets, read_pairs, score_pair_sets
 from sbert_cli.similarity import average_ranks, pearson, spearman
-from tests.conftest import SAMPLE_DATA, SHARED_DATA, FakeEncoder, needs_shared
+from tests.conftest import ROOT, SAMPLE_DATA, SHARED_DATA, FakeEncoder, needs_shared
 from tests.test_cli import error_of, run
 
 STSB_DEV = SHARED_DATA / "csts" / "STS-B.valid.data"
@@ -135,6 +138,17 @@ def test_worst_pairs_and_plot_of_an_undefined_set_show_no_nan(tmp_path: Path, fa
     data = strict_json(run("evaluate", pairs, "--worst", "3", "--json", "-q").stdout)
     worst = data["results"][0]["worst"]
     assert len(worst) == 3 and all(math.isfinite(pair[key]) for pair in worst for key in ("label", "cosine", "rank_gap"))
+
+
+def test_the_evaluation_data_can_live_anywhere(tmp_path: Path) -> None:
+    """SBERT_SHARED_DATA points the tests at the data; without it at hand, the skip reason says so."""
+    code = "from tests.conftest import SHARED_DATA, needs_shared; print(SHARED_DATA); print(needs_shared.kwargs['reason'])"
+    env = {**os.environ, "SBERT_SHARED_DATA": str(tmp_path / "data")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines() == [
+        str(tmp_path / "data"),
+        f"needs the evaluation data at {tmp_path / 'data'} (the evaluation sets, Chinese config and vocab); set SBERT_SHARED_DATA=/path/to/data",
+    ]
 
 
 @needs_shared
