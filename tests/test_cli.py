@@ -68,6 +68,7 @@ def _cached_open(options):
 _real_open = sbert_cli.encoder.open_model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("output", ["parquet", "npy", "stdout"])
 @pytest.mark.parametrize("source", ["file", "stdin"])
 @pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "parquet"])
@@ -85,6 +86,7 @@ def test_encode_matches_sentence_transformers(
     assert cosine_rows(vectors, reference).min() >= 0.99999
 
 
+@pytest.mark.slow
 def test_default_output_and_metadata(tmp_path: Path, minilm_dir: Path, cached_loads) -> None:
     source = tmp_path / "input.jsonl"
     source.write_bytes((SAMPLE_DATA / "sentences.jsonl").read_bytes())
@@ -137,6 +139,7 @@ def test_max_tokens_caps_padded_batch_size(tmp_path: Path, fake_encoder: FakeEnc
     assert fake_encoder.batches == [4] * 5
 
 
+@pytest.mark.slow
 def test_sim_prints_one_score_per_line(minilm_dir: Path, cached_loads) -> None:
     result = run("sim", "如何申请退款？", "怎么才能把钱退回来？", "今天的天气怎么样？", "--model", minilm_dir)
     assert result.exit_code == 0, result.output
@@ -148,6 +151,7 @@ def test_sim_prints_one_score_per_line(minilm_dir: Path, cached_loads) -> None:
     assert -1.0 <= as_json["similarities"][0]["cosine"] <= 1.0
 
 
+@pytest.mark.slow
 def test_sim_matches_cosine_of_sentence_transformers(minilm_dir: Path, cached_loads) -> None:
     from sentence_transformers import SentenceTransformer, util
 
