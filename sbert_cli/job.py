@@ -130,6 +130,10 @@ def input_spec(path: str, format: str | None, text_column: str, id_column: str |
     """The input to read; for several files (--engine ray) each file's format is told from its own name later."""
     if several_files:
         return InputSpec(path, format or "auto", text_column, id_column)
+    if path != STDIN and Path(path).is_dir():
+        # Before the format: a directory's name has no extension to tell it from, and saying so would mislead.
+        glob = Path(path) / "*.jsonl"
+        raise UsageError(f"{path}: is a directory; pass a file, or --engine ray to read every file in it (or a glob such as '{glob}')")
     spec = InputSpec(path, detect_format(path, format), text_column, id_column)
     if path != STDIN and not Path(path).exists():
         raise UsageError(f"{path}: no such file; check the path")

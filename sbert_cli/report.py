@@ -15,17 +15,25 @@ if TYPE_CHECKING:
     from sbert_cli.stats import EncodeStats
 
 
+def plural(count: int, noun: str) -> str:
+    """'1 row', '2 rows', '0 rows'."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def summary_line(stats: EncodeStats, info: ModelInfo, *, where: str, rejects: str, sharded: bool, cached: bool) -> str:
     """One line on stderr after an encode run: what was written, from where, how fast."""
-    parts = [f"sbert: {stats.rows} rows"]
+    parts = [f"sbert: {plural(stats.rows, 'row')}"]
     if stats.rejected:
         parts.append(f"{stats.rejected} rejected -> {rejects}")
     if sharded:
-        parts.append(f"{stats.shards_written} shards encoded, {stats.shards_resumed} already done ({stats.resumed_rows} rows)")
+        shards = f"{plural(stats.shards_written, 'shard')} encoded"
+        if stats.shards_resumed:  # only a resumed run has anything to say here
+            shards += f", {stats.shards_resumed} already done ({plural(stats.resumed_rows, 'row')})"
+        parts.append(shards)
     if cached:
         parts.append(f"{stats.cached} from the cache, {stats.encoded} encoded")
     if stats.fp32_rows:
-        parts.append(f"{stats.fp32_rows} rows re-run at fp32")
+        parts.append(f"{plural(stats.fp32_rows, 'row')} re-run at fp32")
     parts += [
         f"dim {info.dim}",
         f"{info.precision} on {info.device}",
@@ -42,10 +50,10 @@ def ray_summary_line(result: RayResult, where: str) -> str:
 
     from sbert_cli.io.paths import DirectoryLayout
 
-    parts = [f"sbert: {result.rows} rows"]
+    parts = [f"sbert: {plural(result.rows, 'row')}"]
     if result.rejected:
         parts.append(f"{result.rejected} rejected -> {DirectoryLayout(Path(where)).rejects}/")
-    parts += [f"{result.shards} shards", f"{result.seconds:.1f} s", f"{result.rows / max(result.seconds, 1e-9):.1f} rows/s -> {where}"]
+    parts += [plural(result.shards, "shard"), f"{result.seconds:.1f} s", f"{result.rows / max(result.seconds, 1e-9):.1f} rows/s -> {where}"]
     return ", ".join(parts)
 
 
@@ -89,15 +97,23 @@ def render_table(header: Sequence[str], rows: Sequence[Sequence[str]], terminal:
 
 
 def scores_table(scores: Sequence[PairScore], terminal: bool) -> str:
-    return render_table(
+    """The correlations, one column per set; a set whose correlation is undefined says so, and a note under the
+    table says why."""
+    table = render_table(
         ["", *(score.name for score in scores)],
         [
-            ["spearman", *(f"{score.spearman:.2f}" for score in scores)],
-            ["pearson", *(f"{score.pearson:.2f}" for score in scores)],
+            ["spearman", *(_correlation(score.spearman) for score in scores)],
+            ["pearson", *(_correlation(score.pearson) for score in scores)],
             ["pairs", *(str(score.pairs) for score in scores)],
         ],
         terminal,
     )
+    notes = [f"note: {score.name}: spearman and pearson are undefined: {score.undefined}" for score in scores if score.undefined]
+    return "\n".join([table, *notes])
+
+
+def _correlation(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.2f}"
 
 
 def worst_table(name: str, pairs: Sequence[WorstPair], terminal: bool) -> str:

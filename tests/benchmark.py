@@ -38,7 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "data"
+# The evaluation data: ../shared/data beside the clone, or wherever SBERT_SHARED_DATA points (as for the tests).
+SHARED = Path(os.environ.get("SBERT_SHARED_DATA") or ROOT.parent / "shared" / "data")
 SETS = [
     "csts/STS-B.valid.data",
     "csts/STS-B.test.data",
@@ -429,7 +430,7 @@ def main() -> None:
     parser.add_argument("--workdir", default=str(ROOT / "bench_out"))
     args = parser.parse_args()
     if not (SHARED / SETS[0]).exists():
-        raise SystemExit(f"make bench needs {SHARED} (the evaluation sets, config and vocab)")
+        raise SystemExit(f"make bench needs the evaluation data at {SHARED} (the evaluation sets, config and vocab); set SBERT_SHARED_DATA=/path/to/data")
     sys.path.insert(0, str(ROOT))
     work = Path(args.workdir)
     work.mkdir(exist_ok=True)

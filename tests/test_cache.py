@@ -4,6 +4,7 @@ kills and concurrent runs; duplicate texts in a window are encoded once."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import sqlite3
@@ -173,6 +174,25 @@ def test_a_foreign_or_damaged_file_is_refused_untouched(tmp_path: Path, fake_enc
         assert error_of(result) == f"sbert: error: {path}: {reason}; pass another --cache file (it was not changed)"
         assert path.read_bytes() == before
     assert not (tmp_path / "out.parquet").exists()
+
+
+def test_a_cache_in_a_place_that_cannot_hold_one_says_where_to_put_it(tmp_path: Path, fake_encoder: FakeEncoder, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = sample_input(tmp_path, ["一", "二"])
+    out = tmp_path / "out.parquet"
+    missing = tmp_path / "no" / "such" / "c.sqlite"
+    result = run("encode", source, "-o", out, "--cache", missing)
+    assert result.exit_code == 2
+    assert error_of(result) == f"sbert: error: {missing}: directory '{missing.parent}' does not exist; create it, or pass a --cache path in an existing directory"
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.geteuid() == 0:  # root writes anywhere: let os.access answer for this directory as it would for anyone else
+        access = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode, **kwargs: access(path, mode, **kwargs) and not (Path(path) == locked and mode & os.W_OK))
+    result = run("encode", source, "-o", out, "--cache", locked / "c.sqlite")
+    assert result.exit_code == 1
+    assert error_of(result) == f"sbert: error: {locked / 'c.sqlite'}: directory '{locked}' is not writable; pass a --cache path in a writable directory"
+    assert not out.exists() and list(locked.iterdir()) == []
 
 
 def test_cache_info_and_prune(tmp_path: Path, model_copy: Path) -> None:

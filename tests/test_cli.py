@@ -68,6 +68,7 @@ def _cached_open(options):
 _real_open = sbert_cli.encoder.open_model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("output", ["parquet", "npy", "stdout"])
 @pytest.mark.parametrize("source", ["file", "stdin"])
 @pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "parquet"])
@@ -85,6 +86,7 @@ def test_encode_matches_sentence_transformers(
     assert cosine_rows(vectors, reference).min() >= 0.99999
 
 
+@pytest.mark.slow
 def test_default_output_and_metadata(tmp_path: Path, minilm_dir: Path, cached_loads) -> None:
     source = tmp_path / "input.jsonl"
     source.write_bytes((SAMPLE_DATA / "sentences.jsonl").read_bytes())
@@ -137,6 +139,7 @@ def test_max_tokens_caps_padded_batch_size(tmp_path: Path, fake_encoder: FakeEnc
     assert fake_encoder.batches == [4] * 5
 
 
+@pytest.mark.slow
 def test_sim_prints_one_score_per_line(minilm_dir: Path, cached_loads) -> None:
     result = run("sim", "如何申请退款？", "怎么才能把钱退回来？", "今天的天气怎么样？", "--model", minilm_dir)
     assert result.exit_code == 0, result.output
@@ -148,6 +151,7 @@ def test_sim_prints_one_score_per_line(minilm_dir: Path, cached_loads) -> None:
     assert -1.0 <= as_json["similarities"][0]["cosine"] <= 1.0
 
 
+@pytest.mark.slow
 def test_sim_matches_cosine_of_sentence_transformers(minilm_dir: Path, cached_loads) -> None:
     from sentence_transformers import SentenceTransformer, util
 
@@ -198,9 +202,35 @@ def test_malformed_line_leaves_no_output(tmp_path: Path, fake_encoder) -> None:
     out.write_bytes(b"previous good output")
     result = run("encode", source, "-o", out, "--chunk-size", "4")
     assert result.exit_code == 1
-    assert error_of(result) == f"sbert: error: {source}:31: invalid JSON (Expecting ',' delimiter); each line must be one JSON object"
+    assert error_of(result) == f"sbert: error: {source}:31: invalid JSON (Expecting ',' delimiter at column 14); each line must be one JSON object"
     assert out.read_bytes() == b"previous good output"  # the earlier file is untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl", "out.parquet"]  # no temporary left
+
+
+def test_invalid_json_says_where_on_the_line(tmp_path: Path, fake_encoder) -> None:
+    source = tmp_path / "data.jsonl"
+    source.write_text('{"text": "好"}\n{"text": "a\tb"}\n{"text": "未完"\n', encoding="utf-8")
+    result = run("encode", source, "-o", tmp_path / "out.parquet")
+    assert result.exit_code == 1
+    assert error_of(result) == f"sbert: error: {source}:2: invalid JSON (Invalid control character at column 12); each line must be one JSON object"
+    skipped = run("encode", source, "-o", tmp_path / "out.parquet", "--on-error", "skip")
+    assert skipped.exit_code == 3
+    rejects = [json.loads(line)["reason"] for line in (tmp_path / "out.rejects.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert rejects == [
+        "invalid JSON (Invalid control character at column 12); each line must be one JSON object",
+        "invalid JSON (Expecting ',' delimiter at the end of the line); each line must be one JSON object",
+    ]
+
+
+def test_a_directory_input_says_what_reads_one(tmp_path: Path, fake_encoder) -> None:
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text('{"text": "好"}\n', encoding="utf-8")
+    result = run("encode", folder, "-o", tmp_path / "out.parquet")
+    assert result.exit_code == 2
+    assert error_of(result) == (
+        f"sbert: error: {folder}: is a directory; pass a file, or --engine ray to read every file in it (or a glob such as '{folder / '*.jsonl'}')"
+    )
 
 
 @pytest.mark.parametrize(

@@ -63,7 +63,7 @@ def run_feeder(feeder: DeviceFeeder, tokens: Tokenized, batches: list[np.ndarray
     return out
 
 
-@pytest.mark.parametrize("model", ["tiny", "minilm"])
+@pytest.mark.parametrize("model", ["tiny", pytest.param("minilm", marks=pytest.mark.slow)])
 def test_cuda_feeding_equals_the_plain_path(model: str, tiny_model_dir: Path, minilm_dir: Path) -> None:
     model_dir = tiny_model_dir if model == "tiny" else minilm_dir
     encoder = load_encoder(str(model_dir), device="cpu", precision="fp32")

@@ -140,7 +140,7 @@ def test_resume_starts_a_run_that_never_began(tmp_path: Path, fake_encoder: Fake
     out = tmp_path / "never"
     result = run("encode", source, "-o", out, "--resume", "--shard-rows", "10", "--id-column", "id")
     assert result.exit_code == 0, result.output
-    assert "3 shards encoded, 0 already done (0 rows)" in result.stderr
+    assert "3 shards encoded, " in result.stderr and "already done" not in result.stderr
     ids, vectors = read_shards(out)
     assert ids == [f"r{i}" for i in range(30)]
     np.testing.assert_array_equal(vectors, expected_fake_vectors(texts))

@@ -40,6 +40,7 @@ def minilm(minilm_dir: Path):
     return load_encoder(str(minilm_dir), device="cpu", precision="fp32")
 
 
+@pytest.mark.slow
 def test_minilm_matches_sentence_transformers(minilm, minilm_dir: Path) -> None:
     texts = MIXED_TEXTS + sample_texts()
     ours = embed_texts(texts, minilm, BatchPlan(batch_size=5, max_tokens=600))
@@ -48,12 +49,14 @@ def test_minilm_matches_sentence_transformers(minilm, minilm_dir: Path) -> None:
     assert cosine_rows(ours, theirs).min() >= 0.99999
 
 
+@pytest.mark.slow
 def test_minilm_layout_is_read(minilm) -> None:
     assert (minilm.info.pooling, minilm.info.normalize, minilm.info.max_length, minilm.info.dim) == ("mean", True, 256, 384)
     tokens = minilm.tokenize(["word " * 600])
     assert len(tokens.ids[0]) == 256 and tokens.n_tokens[0] == 602
 
 
+@pytest.mark.slow
 def test_padding_invariance(minilm) -> None:
     """A text encoded alone equals the same text batched with a much longer one."""
     short = "今天天气很好。"
@@ -63,6 +66,7 @@ def test_padding_invariance(minilm) -> None:
     np.testing.assert_allclose(alone, together, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_chinese_vocab_gives_no_unknown_tokens(chinese_model_dir: Path) -> None:
     encoder = load_encoder(str(chinese_model_dir), device="cpu", precision="fp32")
     # Chinese text only: with do_lower_case false, as bert-base-chinese ships, "Python" is [UNK] there too.
@@ -185,6 +189,7 @@ def test_unsupported_module_is_refused(tmp_path: Path, tiny_model_dir: Path) -> 
     )
 
 
+@pytest.mark.slow
 def test_bf16_stays_close_to_fp32_on_real_weights(minilm) -> None:
     """bf16 (what --precision auto picks on a CPU with native bf16): cosine >= 0.9998 to fp32."""
     bf16 = load_encoder(str(minilm.info.name), device="cpu", precision="bf16")

@@ -15,7 +15,9 @@ import unicodedata
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from sbert_cli import cli
 from tests.conftest import FAKE_CLI_CHILD, ROOT, FakeEncoder
 from tests.test_cli import error_of, run
 from tests.test_unattended import write_texts
@@ -69,8 +71,29 @@ def test_help_groups_options_in_panels_and_lists_the_choices() -> None:
     assert result.returncode == 0
     for panel in ("Input", "Model", "Batching", "Output", "Unattended runs", "Ray"):
         assert re.search(rf"╭─ {panel} ─", result.stdout), panel
-    for choices in ("<csv|tsv|jsonl|parquet>", "[auto|cpu|cuda|cuda:N]", "<auto|fp32|bf16|fp16>", "<float32|float16>", "<fail|skip>", "<local|ray>"):
+    for choices in ("<csv|tsv|jsonl|parquet>", "<auto|cpu|cuda|cuda:N>", "<auto|fp32|bf16|fp16>", "<float32|float16>", "<fail|skip>", "<local|ray>"):
         assert choices in result.stdout, choices
+
+
+@pytest.mark.parametrize(
+    ("command", "usage", "flag"),
+    [
+        ("encode", "sbert encode [OPTIONS] INPUT", r"--normalize +L2-normalise the vectors\."),
+        ("sim", "sbert sim [OPTIONS] SENTENCES...", r"--json +One JSON object on stdout\."),
+        ("evaluate", "sbert evaluate [OPTIONS] FILES...", r"--quiet +-q +No messages on stderr\."),
+    ],
+)
+def test_help_draws_flags_as_flags_and_every_value_one_way(command: str, usage: str, flag: str) -> None:
+    result = CliRunner().invoke(cli.app, [command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    page = result.stdout
+    assert f"Usage: {usage}" in [line.strip() for line in page.splitlines()]
+    for wrong in ("<bool>", "{", "<list[", "[auto|"):
+        assert wrong not in page, wrong
+    assert re.search(flag, page), flag  # a flag is followed by its help, not by a value's metavar
+    assert re.search(r"--help +Show this message and exit\.", page)
+    for choices in (r"--precision +<auto\|fp32\|bf16\|fp16>", r"--device +<auto\|cpu\|cuda\|cuda:N>"):
+        assert re.search(choices, page), choices
 
 
 @pytest.mark.parametrize(

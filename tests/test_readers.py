@@ -103,10 +103,10 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_jsonl_errors(tmp_path: Path) -> None:
     assert bad_input(tmp_path, "a.jsonl", b'{"text": "ok"}\n{"text": "x" "y"}\n') == (
-        "a.jsonl:2: invalid JSON (Expecting ',' delimiter); each line must be one JSON object"
+        "a.jsonl:2: invalid JSON (Expecting ',' delimiter at column 14); each line must be one JSON object"
     )
     assert bad_input(tmp_path, "b.jsonl", b"id,text\n1,a\n") == (
-        "b.jsonl:1: invalid JSON (Expecting value); is this CSV? pass --format csv"
+        "b.jsonl:1: invalid JSON (Expecting value at column 1); is this CSV? pass --format csv"
     )
     assert bad_input(tmp_path, "c.jsonl", b'{"text": "ok"}\n\n{"text": null}\n') == "c.jsonl:3: 'text' is null"
     assert bad_input(tmp_path, "d.jsonl", b'{"text": "ok"}\n{"text": 5}\n') == "d.jsonl:2: 'text' is a number, not a string"

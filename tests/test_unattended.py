@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -32,7 +33,7 @@ MIXED_LINES = [
 ]
 EXPECTED_REJECTS = [
     {"row": 1, "id": "b", "where": "{}:2", "reason": "'text' is null"},
-    {"row": 2, "id": None, "where": "{}:3", "reason": "invalid JSON (Expecting ',' delimiter); each line must be one JSON object"},
+    {"row": 2, "id": None, "where": "{}:3", "reason": "invalid JSON (Expecting ',' delimiter at the end of the line); each line must be one JSON object"},
     {"row": 3, "id": "d", "where": "{}:4", "reason": "'text' is a number, not a string"},
     {"row": 5, "id": "f", "where": "{}:6", "reason": "no field 'text'"},
     {"row": 6, "id": None, "where": "{}:7", "reason": "expected a JSON object, found an array"},
@@ -148,10 +149,21 @@ def test_directory_output_writes_shards_and_manifest(tmp_path: Path, fake_encode
     ids, vectors = read_shards(out)
     assert ids == [f"r{i}" for i in range(250)]
     np.testing.assert_array_equal(vectors, expected_fake_vectors(texts))
-    assert "3 shards encoded, 0 already done (0 rows)" in result.stderr
+    assert "3 shards encoded, " in result.stderr and "already done" not in result.stderr
     again = run("encode", source, "-o", out, "--id-column", "id", "--shard-rows", "100")
     assert again.exit_code == 2
     assert error_of(again) == f"sbert: error: {out}: holds 3 finished shards of an earlier run; pass --resume to finish it, or --overwrite to start over"
+
+
+def test_the_summary_counts_in_words(tmp_path: Path, fake_encoder: FakeEncoder) -> None:
+    """'1 row', '1 shard', and nothing about resumed shards when none were."""
+    source = tmp_path / "in.jsonl"
+    write_texts(source, 1)
+    for out, shards in ((tmp_path / "one.parquet", ""), (tmp_path / "shards", "1 shard encoded, ")):
+        result = run("encode", source, "-o", out)
+        assert result.exit_code == 0, result.output
+        summary = rf"sbert: 1 row, {shards}dim 4, fp32 on cpu, \d+\.\d s, \d+\.\d rows/s, 0 truncated to 16 tokens -> {re.escape(str(out))}"
+        assert re.fullmatch(summary, result.stderr.strip()), result.stderr
 
 
 def test_resume_refuses_a_changed_input_or_options(tmp_path: Path, fake_encoder: FakeEncoder) -> None:
@@ -237,7 +249,8 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path: Path) -> Non
 
     resumed = run_child([*args, "-o", out, "--resume"])
     assert resumed.returncode == 0, resumed.stderr
-    assert f"{6 - done_before} shards encoded, {done_before} already done ({done_before * 100} rows)" in resumed.stderr
+    encoded = "1 shard" if done_before == 5 else f"{6 - done_before} shards"
+    assert f"{encoded} encoded, {done_before} already done ({done_before * 100} rows)" in resumed.stderr
     manifest = check_manifest(out)
     assert manifest["complete"] is True and len(manifest["shards"]) == 6
     ids, vectors = read_shards(out)

@@ -14,6 +14,16 @@ def utf8_reason(exc: UnicodeDecodeError) -> str:
     return f"not valid UTF-8 (byte {exc.start + 1} of the line); {CONVERT_HINT}"
 
 
+def json_error(exc: json.JSONDecodeError, line: str) -> str:
+    """What is wrong and where on the line: 'Invalid control character at column 12', or 'at the end of the line'.
+    The exception's own text counts lines within the one line parsed ('line 1'; 'line 2' past its newline),
+    which the file:line before it would contradict."""
+    what = exc.msg.removesuffix(" at")
+    if exc.pos >= len(line.rstrip()):
+        return f"{what} at the end of the line"
+    return f"{what} at column {exc.pos + 1}"
+
+
 def jsonl_fields(table: TableSpec, stream: IO[bytes]) -> Iterator[Fields | BadRow]:
     row = -1
     for lineno, raw in enumerate(stream, 1):
@@ -32,7 +42,7 @@ def jsonl_fields(table: TableSpec, stream: IO[bytes]) -> Iterator[Fields | BadRo
         except json.JSONDecodeError as exc:
             looks_like_csv = row == 0 and table.format_option and not line.lstrip().startswith("{")
             hint = "is this CSV? pass --format csv" if looks_like_csv else "each line must be one JSON object"
-            yield BadRow(row, where, unknown_id, f"invalid JSON ({exc.msg}); {hint}")
+            yield BadRow(row, where, unknown_id, f"invalid JSON ({json_error(exc, line)}); {hint}")
             continue
         if not isinstance(obj, dict):
             yield BadRow(row, where, unknown_id, f"expected a JSON object, found {json_type(obj)}")
