@@ -89,7 +89,12 @@ def render_table(header: Sequence[str], rows: Sequence[Sequence[str]], terminal:
 
 
 def scores_table(scores: Sequence[PairScore], terminal: bool) -> str:
-    return render_table(
+    """Spearman, Pearson and pairs per file, then a line naming the similarity they correlate (after a blank line, so
+    that Markdown does not take it for a row)."""
+    functions = sorted({score.similarity for score in scores}) or ["cosine"]
+    stored = sorted({score.dtype for score in scores} - {"float32"})
+    of = f" of {', '.join(stored)} vectors" if stored else ""
+    table = render_table(
         ["", *(score.name for score in scores)],
         [
             ["spearman", *(f"{score.spearman:.2f}" for score in scores)],
@@ -98,11 +103,12 @@ def scores_table(scores: Sequence[PairScore], terminal: bool) -> str:
         ],
         terminal,
     )
+    return f"{table}\n\n{', '.join(functions)} similarity{of} against the labels, x100"
 
 
-def worst_table(name: str, pairs: Sequence[WorstPair], terminal: bool) -> str:
-    rows = [[pair.first, pair.second, f"{pair.label:g}", f"{pair.cosine:.4f}", f"{pair.rank_gap:.0f}"] for pair in pairs]
-    return f"worst pairs of {name}:\n" + render_table(["sentence1", "sentence2", "label", "cosine", "rank gap"], rows, terminal, text_columns=2)
+def worst_table(name: str, pairs: Sequence[WorstPair], terminal: bool, similarity: str = "cosine") -> str:
+    rows = [[pair.first, pair.second, f"{pair.label:g}", f"{pair.similarity:.4f}", f"{pair.rank_gap:.0f}"] for pair in pairs]
+    return f"worst pairs of {name}:\n" + render_table(["sentence1", "sentence2", "label", similarity, "rank gap"], rows, terminal, text_columns=2)
 
 
 def cache_table(path: str, size: int, profiles: Sequence[ProfileSummary], terminal: bool) -> str:
