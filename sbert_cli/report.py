@@ -89,11 +89,10 @@ def render_table(header: Sequence[str], rows: Sequence[Sequence[str]], terminal:
 
 
 def scores_table(scores: Sequence[PairScore], terminal: bool) -> str:
-    """Spearman, Pearson and pairs per file, then a line naming the similarity they correlate (after a blank line, so
-    that Markdown does not take it for a row)."""
-    functions = sorted({score.similarity for score in scores}) or ["cosine"]
+    """Spearman, Pearson and pairs per file. Correlated with anything but the cosine of float32 vectors, a line under
+    the table says with what (after a blank line, so that Markdown does not take it for a row)."""
+    functions = sorted({score.similarity for score in scores})
     stored = sorted({score.dtype for score in scores} - {"float32"})
-    of = f" of {', '.join(stored)} vectors" if stored else ""
     table = render_table(
         ["", *(score.name for score in scores)],
         [
@@ -103,6 +102,9 @@ def scores_table(scores: Sequence[PairScore], terminal: bool) -> str:
         ],
         terminal,
     )
+    if functions in ([], ["cosine"]) and not stored:
+        return table
+    of = f" of {', '.join(stored)} vectors" if stored else ""
     return f"{table}\n\n{', '.join(functions)} similarity{of} against the labels, x100"
 
 
