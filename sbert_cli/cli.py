@@ -17,7 +17,7 @@ from sbert_cli.errors import EXIT_WITH_REJECTS, SbertError, UsageError
 from sbert_cli.help_format import PlainHelpCommand, PlainHelpGroup
 from sbert_cli.io.pipe import confirm_delivered
 from sbert_cli.io.readers import InputFormat
-from sbert_cli.job import DEFAULT_MODEL, Dtype, EncodeJob, Engine, ModelOptions, OnError, Precision
+from sbert_cli.job import DEFAULT_MODEL, Dtype, EncodeJob, Engine, ModelOptions, OnError, Precision, Similarity
 from sbert_cli.plan import DEVICE_DEFAULTS
 
 if TYPE_CHECKING:
@@ -73,6 +73,10 @@ ModelOption = Annotated[str, typer.Option("--model", "-m", envvar="SBERT_MODEL",
 DeviceOption = Annotated[str, typer.Option(parser=_device, metavar="<auto|cpu|cuda|cuda:N>", rich_help_panel=MODEL, help="auto takes CUDA when torch sees a GPU.")]
 PrecisionOption = Annotated[Precision, typer.Option(rich_help_panel=MODEL, help="Forward pass precision; auto: fp16 on CUDA, bf16 on a CPU with native bf16, else fp32. Vectors are float32.")]
 MaxLengthOption = Annotated[Optional[int], typer.Option(rich_help_panel=MODEL, help="Truncate texts to this many tokens (default: the model's).")]
+PromptOption = Annotated[Optional[str], typer.Option(rich_help_panel=MODEL, show_default="the model's default prompt, if it names one", help="Text put before every input, as sentence-transformers' prompt.")]
+PromptNameOption = Annotated[Optional[str], typer.Option(rich_help_panel=MODEL, help="Put the model's prompt of this name before every input (its config_sentence_transformers.json), e.g. query.")]
+TruncateDimOption = Annotated[Optional[int], typer.Option(min=1, rich_help_panel=MODEL, help="Keep the first N dimensions of each vector, after the model's own modules (sentence-transformers' truncate_dim).")]
+SimilarityOption = Annotated[Optional[Similarity], typer.Option(rich_help_panel=MODEL, show_default="the model's similarity_fn_name, else cosine", help="How two vectors are compared; euclidean and manhattan give negative distances, as sentence-transformers does.")]
 def _auto(option: str) -> str:
     """What auto means for a batching option, for --help: the CPU's and the GPU's defaults."""
     return f"auto: {getattr(DEVICE_DEFAULTS['cpu'], option)} on a CPU, {getattr(DEVICE_DEFAULTS['cuda'], option)} on CUDA"
@@ -115,12 +119,16 @@ def encode(
     device: DeviceOption = "auto",
     precision: PrecisionOption = "auto",
     max_length: MaxLengthOption = None,
-    normalize: Annotated[bool, typer.Option("--normalize", rich_help_panel=MODEL, help="L2-normalise the vectors.")] = False,
+    normalize: Annotated[bool, typer.Option("--normalize", rich_help_panel=MODEL, help="L2-normalise the vectors (after --truncate-dim, so shortened vectors are unit length again).")] = False,
+    prompt: PromptOption = None,
+    prompt_name: PromptNameOption = None,
+    truncate_dim: TruncateDimOption = None,
     chunk_size: Annotated[Optional[int], typer.Option(min=1, rich_help_panel=BATCHING, show_default=_auto("chunk_size"), help="Rows read, sorted and batched at a time; bounds memory.")] = None,
     batch_size: BatchSizeOption = None,
     max_tokens: MaxTokensOption = None,
     output: Annotated[Optional[str], typer.Option("--output", "-o", rich_help_panel=OUTPUT, help="A .parquet, .npy (+ .ids.jsonl) or .jsonl file; - for JSON lines on stdout; a directory for Parquet shards. Default: <input stem>.embeddings.parquet beside the input.")] = None,
-    dtype: Annotated[Dtype, typer.Option(rich_help_panel=OUTPUT, help="Stored vector type.")] = "float32",
+    dtype: Annotated[Dtype, typer.Option(rich_help_panel=OUTPUT, help="Stored vector type. int8/uint8: one byte a dimension, scaled by per-dimension ranges (from the first window, or --calibration) kept in the metadata; binary/ubinary: one bit a dimension, packed (sentence-transformers' quantize_embeddings).")] = "float32",
+    calibration: Annotated[Optional[str], typer.Option(rich_help_panel=OUTPUT, help="With --dtype int8/uint8: a .npy of float vectors (rows x dim) whose per-dimension min and max set the ranges (default: the first window's).")] = None,
     with_stats: Annotated[bool, typer.Option("--with-stats", rich_help_panel=OUTPUT, help="Add n_tokens and truncated columns.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel=OUTPUT, help="No progress bar, no summary; errors still go to stderr.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", rich_help_panel=OUTPUT, help="Also print stage timings, padding and tokens/s.")] = False,
@@ -143,8 +151,8 @@ def encode(
         ray = RayOptions(ray_address, workers, cpus_per_worker, gpus_per_worker) if engine == "ray" else None
         job = EncodeJob(
             input=input_spec(input, format, text_column, id_column, several_files=ray is not None),
-            output=output_target(output, input, dtype),
-            model=ModelOptions(model, device, precision, max_length, normalize),
+            output=output_target(output, input, dtype, calibration),
+            model=ModelOptions(model, device, precision, max_length, normalize, prompt, prompt_name, truncate_dim),
             plan=BatchPlan(chunk_size=chunk_size, batch_size=batch_size, max_tokens=max_tokens),
             skip_bad_rows=on_error == "skip",
             shard_rows=shard_rows,
@@ -213,24 +221,32 @@ def sim(
     device: DeviceOption = "auto",
     precision: PrecisionOption = "auto",
     max_length: MaxLengthOption = None,
+    prompt: PromptOption = None,
+    prompt_name: PromptNameOption = None,
+    truncate_dim: TruncateDimOption = None,
+    similarity: SimilarityOption = None,
     cache: CacheOption = None,
     as_json: Annotated[bool, typer.Option("--json", rich_help_panel=OUTPUT, help="One JSON object on stdout.")] = False,
 ) -> None:
-    """Print the cosine similarity of the first sentence with each of the others, one per line."""
+    """Print the similarity (the model's function, cosine unless it names another) of the first sentence with each of the others, one per line."""
     from sbert_cli.embedding import embed_texts, model_source
-    from sbert_cli.similarity import cosine_rows
+    from sbert_cli.similarity import similarity_rows
 
     with _user_errors(prints=True):
         if len(sentences) < 2:
             raise UsageError('sim needs at least two sentences: sbert sim "句子A" "句子B"')
-        vectors = embed_texts(sentences, model_source(ModelOptions(model, device, precision, max_length), cache))
-        scores = cosine_rows(vectors[1:], vectors[:1].repeat(len(sentences) - 1, axis=0))
+        source = model_source(ModelOptions(model, device, precision, max_length, False, prompt, prompt_name, truncate_dim, similarity), cache)
+        vectors = embed_texts(sentences, source)
+        function = source.info.similarity
+        scores = similarity_rows(vectors[1:], vectors[:1].repeat(len(sentences) - 1, axis=0), function)
         if as_json:
-            similarities = [{"sentence": text, "cosine": float(score)} for text, score in zip(sentences[1:], scores)]
-            typer.echo(json.dumps({"model": model, "sentence": sentences[0], "similarities": similarities}, ensure_ascii=False))
-        else:
-            for score in scores:
-                typer.echo(f"{score:.4f}")
+            similarities = [{"sentence": text, function: float(score)} for text, score in zip(sentences[1:], scores)]
+            typer.echo(json.dumps({"model": model, "similarity": function, "sentence": sentences[0], "similarities": similarities}, ensure_ascii=False))
+            return
+        if function != "cosine":  # numbers that are not cosines say so, on stderr, so stdout stays one number a line
+            typer.echo(f"sbert: {function} similarity" + (" (negative distance)" if function in ("euclidean", "manhattan") else ""), err=True)
+        for score in scores:
+            typer.echo(f"{score:.4f}")
 
 
 @app.command(cls=PlainHelpCommand)
@@ -241,15 +257,20 @@ def evaluate(
     device: DeviceOption = "auto",
     precision: PrecisionOption = "auto",
     max_length: MaxLengthOption = None,
+    prompt: PromptOption = None,
+    prompt_name: PromptNameOption = None,
+    truncate_dim: TruncateDimOption = None,
+    similarity: SimilarityOption = None,
+    dtype: Annotated[Dtype, typer.Option(rich_help_panel=MODEL, help="Score the vectors as encode --dtype stores them, as sentence-transformers' EmbeddingSimilarityEvaluator precision does: normalised, int8/uint8 over each file's own ranges, binary bits as 0/1.")] = "float32",
     batch_size: BatchSizeOption = None,
     max_tokens: MaxTokensOption = None,
     cache: CacheOption = None,
     as_json: Annotated[bool, typer.Option("--json", rich_help_panel=OUTPUT, help="JSON on stdout instead of a table.")] = False,
-    plot: Annotated[Optional[str], typer.Option(rich_help_panel=OUTPUT, help="Write a PNG: cosine against label, one panel per file (needs the plot extra).")] = None,
-    worst: Annotated[int, typer.Option(min=0, rich_help_panel=OUTPUT, help="Also list the N pairs per file whose cosine rank is furthest from their label's.")] = 0,
+    plot: Annotated[Optional[str], typer.Option(rich_help_panel=OUTPUT, help="Write a PNG: similarity against label, one panel per file (needs the plot extra).")] = None,
+    worst: Annotated[int, typer.Option(min=0, rich_help_panel=OUTPUT, help="Also list the N pairs per file whose similarity rank is furthest from their label's.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel=OUTPUT, help="No messages on stderr.")] = False,
 ) -> None:
-    """Spearman and Pearson (x100) of cosine similarity against gold labels, one column per file."""
+    """Spearman and Pearson (x100) of the model's similarity (cosine unless it names another) against gold labels, one column per file."""
     from sbert_cli.embedding import model_source
     from sbert_cli.evaluate import name_pair_sets, parse_columns, read_pairs, score_pair_sets
     from sbert_cli.job import refuse_evaluate_overwrites
@@ -259,9 +280,10 @@ def evaluate(
         refuse_evaluate_overwrites(files, plot, cache)
         names = parse_columns(columns)
         sets = name_pair_sets([read_pairs(path, names) for path in files])
-        source = model_source(ModelOptions(model, device, precision, max_length), cache, _notice(quiet))
+        options = ModelOptions(model, device, precision, max_length, False, prompt, prompt_name, truncate_dim, similarity)
+        source = model_source(options, cache, _notice(quiet))
         plan = BatchPlan(batch_size=batch_size, max_tokens=max_tokens).for_device(source.info.device)
-        scores = score_pair_sets(sets, source, plan)
+        scores = score_pair_sets(sets, source, plan, dtype)
         if plot is not None:
             from sbert_cli.plot import plot_scores
 
@@ -278,13 +300,14 @@ def _print_scores(model: str, sets: list[PairSet], scores: list[PairScore], wors
     worst_lists = [worst_pairs(pair_set, score, worst) for pair_set, score in zip(sets, scores)] if worst else None
     if as_json:
         results = [score_json(score, worst_lists[i] if worst_lists else None) for i, score in enumerate(scores)]
+        described = {"similarity": scores[0].similarity, "dtype": scores[0].dtype}  # one model, one of each for every file
         # allow_nan=False: strict JSON parsers reject NaN, so a NaN that got this far must fail here, not downstream.
-        typer.echo(json.dumps({"model": model, "results": results}, ensure_ascii=False, allow_nan=False))
+        typer.echo(json.dumps({"model": model, **described, "results": results}, ensure_ascii=False, allow_nan=False))
         return
     terminal = sys.stdout.isatty()
     typer.echo(scores_table(scores, terminal))
     for score, pairs in zip(scores, worst_lists or []):
-        typer.echo("\n" + worst_table(score.name, pairs, terminal))
+        typer.echo("\n" + worst_table(score.name, pairs, terminal, score.similarity))
 
 
 @cache_app.command("info", cls=PlainHelpCommand)

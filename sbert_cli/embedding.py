@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -94,10 +94,19 @@ class ModelSource:
         """The cache profile: the model files' fingerprint plus every option that changes a vector."""
         assert self.cache is not None and self._handle is not None
         if self._profile is None:
-            info = self.info
-            description = {"pooling": info.pooling, "normalize": info.normalize, "max_length": info.max_length, "precision": info.precision}
-            self._profile = self.cache.profile(info.name, self._handle.directory, description)
+            self._profile = self.cache.profile(self.info.name, self._handle.directory, vector_options(self.info))
         return self._profile
+
+
+def vector_options(info: ModelInfo) -> dict[str, Any]:
+    """Every option that changes a vector, for the cache's profile. The prompt and --truncate-dim are there only when
+    set, so that a cache filled before they existed still serves its vectors."""
+    options: dict[str, Any] = {"pooling": info.pooling, "normalize": info.normalize, "max_length": info.max_length, "precision": info.precision}
+    if info.prompt:
+        options["prompt"] = info.prompt
+    if info.truncate_dim is not None:
+        options["truncate_dim"] = info.truncate_dim
+    return options
 
 
 @dataclass

@@ -11,6 +11,8 @@ import numpy as np
 
 from sbert_cli.backends import load_backend
 from sbert_cli.backends.base import Backend, Target
+from sbert_cli.backends.heads import Head
+from sbert_cli.backends.pooling import Pooling
 from sbert_cli.errors import ModelError
 from sbert_cli.job import DEFAULT_MODEL, ModelOptions
 from sbert_cli.model.description import ModelDescription, ModelInfo, describe_model
@@ -59,10 +61,19 @@ def open_model(options: ModelOptions) -> ModelHandle:
 
 
 def load_encoder(
-    model: str = DEFAULT_MODEL, device: str = "auto", precision: str = "auto", max_length: int | None = None, normalize: bool = False
+    model: str = DEFAULT_MODEL,
+    device: str = "auto",
+    precision: str = "auto",
+    max_length: int | None = None,
+    normalize: bool = False,
+    *,
+    prompt: str | None = None,
+    prompt_name: str | None = None,
+    truncate_dim: int | None = None,
 ) -> Encoder:
     """Find, load and configure a model in one call (the Python API; the CLI loads only when it must)."""
-    return open_model(ModelOptions(model, device, precision, max_length, normalize)).load()
+    options = ModelOptions(model, device, precision, max_length, normalize, prompt=prompt, prompt_name=prompt_name, truncate_dim=truncate_dim)
+    return open_model(options).load()
 
 
 class TransformerEncoder:
@@ -79,8 +90,9 @@ class TransformerEncoder:
         self.texts_to_tokens = tokenizer or Tokenizer(model)
         self.pad_id = self.texts_to_tokens.pad_id
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[model.info.precision]
-        target = Target(device, dtype, self.pad_id, model.info.pooling, model.info.normalize)
-        self.backend: Backend = load_backend(model, target)
+        skip = 0 if model.layout.include_prompt else self.texts_to_tokens.prompt_length
+        self.target = Target(device, dtype, self.pad_id, Pooling(model.info.pooling, skip), Head(model.head, device))
+        self.backend: Backend = load_backend(model, self.target)
         self._fp32: TransformerEncoder | None = None
 
     @property

@@ -1,4 +1,4 @@
-"""Pair files -> Spearman and Pearson (x100) of cosine similarity against gold labels, and the pairs ranked worst."""
+"""Pair files -> Spearman and Pearson (x100) of the model's similarity against gold labels, and the pairs ranked worst."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import numpy as np
 from sbert_cli.errors import InputDataError, UsageError
 from sbert_cli.io.readers import EXTENSIONS, MISSING, BadRow, TableSpec, iter_fields
 from sbert_cli.plan import BatchPlan
-from sbert_cli.similarity import average_ranks, cosine_rows, pearson, spearman
+from sbert_cli.quantize import comparable
+from sbert_cli.similarity import average_ranks, pearson, similarity_rows, spearman
 
 if TYPE_CHECKING:
     from sbert_cli.embedding import ModelSource
@@ -36,18 +37,18 @@ class PairSet:
 
 @dataclass(frozen=True)
 class WorstPair:
-    """A pair whose cosine rank is far from its label's rank: where the model disagrees with the gold."""
+    """A pair whose similarity rank is far from its label's rank: where the model disagrees with the gold."""
 
     first: str
     second: str
     label: float
-    cosine: float
-    rank_gap: float  # |rank of cosine - rank of label| over the set's pairs
+    similarity: float
+    rank_gap: float  # |rank of similarity - rank of label| over the set's pairs
 
 
 @dataclass(frozen=True)
 class PairScore:
-    """How well cosine similarity ranks one file's pairs (both correlations x100), with what the plot needs.
+    """How well the model's similarity ranks one file's pairs (both correlations x100), with what the plot needs.
 
     A set whose correlation is undefined (one pair, or one side constant) has None for both and the reason in
     `undefined`: NaN would print as a score and is not JSON."""
@@ -57,8 +58,10 @@ class PairScore:
     pairs: int
     spearman: float | None
     pearson: float | None
-    cosines: np.ndarray
+    similarities: np.ndarray
     labels: np.ndarray
+    similarity: str = "cosine"  # the function: cosine, dot, euclidean or manhattan
+    dtype: str = "float32"  # the vectors' stored form the similarity was taken of
     undefined: str | None = None
 
 
@@ -125,8 +128,9 @@ def name_pair_sets(sets: list[PairSet]) -> list[PairSet]:
     return named
 
 
-def score_pair_sets(sets: list[PairSet], model: Encoder | ModelSource, plan: BatchPlan = BatchPlan()) -> list[PairScore]:
-    """Encode every distinct sentence of all files once, then correlate cosine similarity with the labels."""
+def score_pair_sets(sets: list[PairSet], model: Encoder | ModelSource, plan: BatchPlan = BatchPlan(), dtype: str = "float32") -> list[PairScore]:
+    """Encode every distinct sentence of all files once, then correlate the model's similarity with the labels; with a
+    `dtype` other than float32, of the vectors as that --dtype stores them (quantize.comparable, per file)."""
     from sbert_cli.embedding import embed_texts
 
     index: dict[str, int] = {}
@@ -134,45 +138,49 @@ def score_pair_sets(sets: list[PairSet], model: Encoder | ModelSource, plan: Bat
         for text in pair_set.first + pair_set.second:
             index.setdefault(text, len(index))
     vectors = embed_texts(list(index), model, plan)
+    function = model.info.similarity
     scores = []
     for pair_set in sets:
         left = vectors[[index[text] for text in pair_set.first]]
         right = vectors[[index[text] for text in pair_set.second]]
-        cosines = cosine_rows(left, right)
-        reason = undefined_reason(cosines, pair_set.labels)
+        left, right = comparable(left, right, dtype)
+        similarities = similarity_rows(left, right, function)
+        reason = undefined_reason(similarities, pair_set.labels, function)
         scores.append(
             PairScore(
                 name=pair_set.name,
                 path=pair_set.path,
                 pairs=len(pair_set.labels),
-                spearman=None if reason else 100.0 * spearman(cosines, pair_set.labels),
-                pearson=None if reason else 100.0 * pearson(cosines, pair_set.labels),
-                cosines=cosines,
+                spearman=None if reason else 100.0 * spearman(similarities, pair_set.labels),
+                pearson=None if reason else 100.0 * pearson(similarities, pair_set.labels),
+                similarities=similarities,
                 labels=pair_set.labels,
+                similarity=function,
+                dtype=dtype,
                 undefined=reason,
             )
         )
     return scores
 
 
-def undefined_reason(cosines: np.ndarray, labels: np.ndarray) -> str | None:
+def undefined_reason(similarities: np.ndarray, labels: np.ndarray, function: str = "cosine") -> str | None:
     """Why neither correlation is defined for a set, or None: both need two pairs and variation on each side."""
     if len(labels) < 2:
         return f"only {len(labels)} pair"
     if np.ptp(labels) == 0:
         return "all labels are equal"
     # Identical sentences give cosines equal up to rounding (1 - 2e-16); a correlation of that noise means nothing.
-    if np.ptp(cosines) <= _COSINE_ROUNDING:
-        return "all cosines are equal"
+    if np.ptp(similarities) <= _COSINE_ROUNDING:
+        return "all cosines are equal" if function == "cosine" else f"all {function} similarities are equal"
     return None
 
 
 def worst_pairs(pair_set: PairSet, score: PairScore, count: int) -> list[WorstPair]:
-    """The `count` pairs whose cosine rank is furthest from their label's rank, worst first."""
-    gaps = np.abs(average_ranks(score.cosines) - average_ranks(pair_set.labels))
+    """The `count` pairs whose similarity rank is furthest from their label's rank, worst first."""
+    gaps = np.abs(average_ranks(score.similarities) - average_ranks(pair_set.labels))
     order = np.argsort(-gaps, kind="stable")[:count]
     return [
-        WorstPair(pair_set.first[i], pair_set.second[i], float(pair_set.labels[i]), float(score.cosines[i]), float(gaps[i]))
+        WorstPair(pair_set.first[i], pair_set.second[i], float(pair_set.labels[i]), float(score.similarities[i]), float(gaps[i]))
         for i in order
     ]
 
@@ -184,5 +192,8 @@ def score_json(score: PairScore, worst: list[WorstPair] | None) -> dict[str, Any
         "undefined": score.undefined,
     }
     if worst is not None:
-        result["worst"] = [vars(pair) for pair in worst]
+        # Each pair's score under the function's own name ("cosine", "dot", ...), as sim's JSON has it.
+        result["worst"] = [
+            {"first": pair.first, "second": pair.second, "label": pair.label, score.similarity: pair.similarity, "rank_gap": pair.rank_gap} for pair in worst
+        ]
     return result

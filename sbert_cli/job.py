@@ -19,10 +19,14 @@ STDOUT = "-"
 
 # Fixed choices, declared once: the CLI offers exactly these and --help lists them (input formats: readers).
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
-Dtype = Literal["float32", "float16"]
+Dtype = Literal["float32", "float16", "int8", "uint8", "binary", "ubinary"]
+Similarity = Literal["cosine", "dot", "euclidean", "manhattan"]
 OnError = Literal["fail", "skip"]
 Engine = Literal["local", "ray"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+SIMILARITIES: tuple[str, ...] = get_args(Similarity)
+SCALED_DTYPES = ("int8", "uint8")  # need per-dimension ranges: from the first window or --calibration
+PACKED_DTYPES = ("binary", "ubinary")  # a bit a dimension, 8 to a byte
 OUTPUT_FORMATS = {".parquet": "parquet", ".npy": "npy", ".jsonl": "jsonl"}
 
 
@@ -35,10 +39,20 @@ class ModelOptions:
     precision: str = "auto"
     max_length: int | None = None
     normalize: bool = False
+    prompt: str | None = None
+    prompt_name: str | None = None
+    truncate_dim: int | None = None
+    similarity: str | None = None  # None: the model's own (cosine when it names none)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise UsageError(f"--precision {self.precision}: expected one of {', '.join(PRECISIONS)}")
+        if self.prompt is not None and self.prompt_name is not None:
+            raise UsageError(f"--prompt and --prompt-name {self.prompt_name} both given; pass the prompt's text or its name, not both")
+        if self.truncate_dim is not None and self.truncate_dim < 1:
+            raise UsageError(f"--truncate-dim {self.truncate_dim}: pass a number of dimensions of at least 1")
+        if self.similarity is not None and self.similarity not in SIMILARITIES:
+            raise UsageError(f"--similarity {self.similarity}: expected one of {', '.join(SIMILARITIES)}")
 
 
 @dataclass(frozen=True)
@@ -49,6 +63,16 @@ class OutputTarget:
     kind: str  # file | stdout | directory
     format: str  # parquet | npy | jsonl
     dtype: str = "float32"
+    calibration: str | None = None  # .npy of vectors whose per-dimension ranges scale int8/uint8
+
+    def __post_init__(self) -> None:
+        if self.calibration is not None:
+            if self.dtype not in SCALED_DTYPES:
+                raise UsageError(f"--calibration {self.calibration}: only --dtype int8 or uint8 use ranges; drop it or pass one of those")
+            if not Path(self.calibration).is_file():
+                raise UsageError(f"--calibration {self.calibration}: no such file; pass a .npy of vectors")
+        elif self.dtype in SCALED_DTYPES and self.kind == "stdout":
+            raise UsageError(f"--dtype {self.dtype} to stdout leaves no place for its ranges; pass --calibration FILE.npy, or -o a file")
 
     @property
     def rejects_path(self) -> str:
@@ -98,6 +122,8 @@ class EncodeJob:
         self._check_options()
         # Nothing sbert writes or removes may be an input: checked once, before anything is touched.
         refuse_overlap(self.output.derived(), [self.input.path])
+        if self.output.calibration is not None:
+            refuse_overlap(self.output.derived(), [self.output.calibration], noun="calibration", change="-o")
         if self.cache is not None:
             refuse_overlap(cache_paths(self.cache), [self.input.path])
             refuse_overlap(self.output.derived(), [self.cache], noun="cache", change="--cache")
@@ -113,6 +139,8 @@ class EncodeJob:
                 raise UsageError("--engine ray writes into an empty directory: --overwrite needs --engine local")
             if output.kind != "directory":
                 raise UsageError("--engine ray needs -o DIRECTORY for its Parquet shards")
+            if output.dtype in SCALED_DTYPES and output.calibration is None:
+                raise UsageError(f"--dtype {output.dtype} with --engine ray needs --calibration FILE.npy: every actor must scale by the same ranges")
             return
         if output.kind == "directory":
             return
@@ -145,7 +173,7 @@ def is_directory_output(path: str) -> bool:
     return path != STDOUT and (Path(path).is_dir() or path.endswith(("/", os.sep)) or not Path(path).suffix)
 
 
-def output_target(output: str | None, input_path: str, dtype: str) -> OutputTarget:
+def output_target(output: str | None, input_path: str, dtype: str, calibration: str | None = None) -> OutputTarget:
     """Check -o and pick its kind and format: the default is <input stem>.embeddings.parquet beside the input."""
     if output is None:
         if input_path == STDIN:
@@ -153,10 +181,10 @@ def output_target(output: str | None, input_path: str, dtype: str) -> OutputTarg
         source = Path(input_path)
         output = str(source.with_name(f"{source.stem}.embeddings.parquet"))
     if output == STDOUT:
-        return OutputTarget(output, "stdout", "jsonl", dtype)
+        return OutputTarget(output, "stdout", "jsonl", dtype, calibration)
     _refuse_file_in_the_way(output)
     if is_directory_output(output):
-        return OutputTarget(str(Path(output)), "directory", "parquet", dtype)
+        return OutputTarget(str(Path(output)), "directory", "parquet", dtype, calibration)
     path = Path(output)
     suffix = path.suffix.lower()
     if suffix not in OUTPUT_FORMATS:
@@ -165,7 +193,7 @@ def output_target(output: str | None, input_path: str, dtype: str) -> OutputTarg
         raise UsageError(f"{output}: directory '{path.parent}' does not exist; create it first")
     if not os.access(path.parent, os.W_OK):
         raise OutputError(f"{output}: directory '{path.parent}' is not writable")
-    return OutputTarget(output, "file", OUTPUT_FORMATS[suffix], dtype)
+    return OutputTarget(output, "file", OUTPUT_FORMATS[suffix], dtype, calibration)
 
 
 def _refuse_file_in_the_way(output: str) -> None:

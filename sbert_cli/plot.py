@@ -1,4 +1,4 @@
-"""`evaluate --plot`: cosine against gold label, one panel per set, written as a PNG (the optional `plot` extra)."""
+"""`evaluate --plot`: the model's similarity against gold label, one panel per set, written as a PNG (the optional `plot` extra)."""
 
 from __future__ import annotations
 
@@ -39,12 +39,12 @@ def plot_scores(scores: Sequence[PairScore], path: str) -> str | None:
     for axis, score, name in zip(axes[0], scores, names):
         levels = np.unique(score.labels)
         spread = 0.3 * float(np.min(np.diff(levels))) if 1 < len(levels) <= 10 else 0.0  # discrete labels: spread the columns
-        axis.scatter(score.labels + jitter.uniform(-spread / 2, spread / 2, len(score.labels)), score.cosines, s=6, alpha=0.35)
+        axis.scatter(score.labels + jitter.uniform(-spread / 2, spread / 2, len(score.labels)), score.similarities, s=6, alpha=0.35)
         spearman = "undefined" if score.spearman is None else f"{score.spearman:.2f}"
         title = f"{name}\nSpearman {spearman} ({plural(score.pairs, 'pair')})"
         axis.set_title(title, fontproperties=font) if font is not None else axis.set_title(title)
         axis.set_xlabel("gold label")
-        axis.set_ylabel("cosine")
+        axis.set_ylabel(score.similarity)
     figure.tight_layout()
     temp = temporary_path(path)
     with output_errors(path):

@@ -107,6 +107,7 @@ class EncodeBatches:
         import torch
 
         from sbert_cli.embedding import model_source
+        from sbert_cli.io.compact import VectorForm
         from sbert_cli.io.sinks import describe_vectors
 
         assert job.ray is not None
@@ -117,7 +118,9 @@ class EncodeBatches:
         if info.device == "cpu":
             torch.set_num_threads(max(1, int(job.ray.cpus_per_worker)))  # the actor's share, not the node's cores
         self.plan = job.plan.for_device(info.device)
-        self.metadata = describe_vectors(info, job.output.dtype)
+        # int8/uint8 need --calibration here (job.EncodeJob says so): every actor scales by the file's ranges.
+        self.form = VectorForm.for_output(job.output.dtype, job.output.calibration, info.dim)
+        self.metadata = describe_vectors(info, job.output.dtype) | self.form.metadata()
 
     def __call__(self, table: Any) -> Any:
         import pyarrow as pa
@@ -126,7 +129,7 @@ class EncodeBatches:
         from sbert_cli.io.writers import embedding_array
 
         vectors = embed_texts(table.column("text").to_pylist(), self.source, self.plan)
-        result = pa.table({"id": table.column("id"), "embedding": embedding_array(vectors, self.job.output.dtype)})
+        result = pa.table({"id": table.column("id"), "embedding": embedding_array(self.form.store(vectors), self.form.numpy_dtype)})
         return result.replace_schema_metadata(self.metadata)
 
 

@@ -97,8 +97,11 @@ def render_table(header: Sequence[str], rows: Sequence[Sequence[str]], terminal:
 
 
 def scores_table(scores: Sequence[PairScore], terminal: bool) -> str:
-    """The correlations, one column per set; a set whose correlation is undefined says so, and a note under the
-    table says why."""
+    """Spearman, Pearson and pairs per file. A set whose correlation is undefined says so, and a note under the table
+    says why. Correlated with anything but the cosine of float32 vectors, a last line says with what (after a blank
+    line, so that Markdown does not take it for a row)."""
+    functions = sorted({score.similarity for score in scores})
+    stored = sorted({score.dtype for score in scores} - {"float32"})
     table = render_table(
         ["", *(score.name for score in scores)],
         [
@@ -108,17 +111,20 @@ def scores_table(scores: Sequence[PairScore], terminal: bool) -> str:
         ],
         terminal,
     )
-    notes = [f"note: {score.name}: spearman and pearson are undefined: {score.undefined}" for score in scores if score.undefined]
-    return "\n".join([table, *notes])
+    lines = [table, *(f"note: {score.name}: spearman and pearson are undefined: {score.undefined}" for score in scores if score.undefined)]
+    if functions not in ([], ["cosine"]) or stored:
+        of = f" of {', '.join(stored)} vectors" if stored else ""
+        lines += ["", f"{', '.join(functions)} similarity{of} against the labels, x100"]
+    return "\n".join(lines)
 
 
 def _correlation(value: float | None) -> str:
     return "undefined" if value is None else f"{value:.2f}"
 
 
-def worst_table(name: str, pairs: Sequence[WorstPair], terminal: bool) -> str:
-    rows = [[pair.first, pair.second, f"{pair.label:g}", f"{pair.cosine:.4f}", f"{pair.rank_gap:.0f}"] for pair in pairs]
-    return f"worst pairs of {name}:\n" + render_table(["sentence1", "sentence2", "label", "cosine", "rank gap"], rows, terminal, text_columns=2)
+def worst_table(name: str, pairs: Sequence[WorstPair], terminal: bool, similarity: str = "cosine") -> str:
+    rows = [[pair.first, pair.second, f"{pair.label:g}", f"{pair.similarity:.4f}", f"{pair.rank_gap:.0f}"] for pair in pairs]
+    return f"worst pairs of {name}:\n" + render_table(["sentence1", "sentence2", "label", similarity, "rank gap"], rows, terminal, text_columns=2)
 
 
 def cache_table(path: str, size: int, profiles: Sequence[ProfileSummary], terminal: bool) -> str:

@@ -1,4 +1,5 @@
-"""Vector maths in numpy: cosine similarity, Pearson and Spearman (ties get average ranks)."""
+"""Vector maths in numpy: the similarity functions sentence-transformers offers, Pearson and Spearman (ties get
+average ranks)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,23 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     dots = np.einsum("ij,ij->i", a, b)
     return np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
+
+
+def similarity_rows(a: np.ndarray, b: np.ndarray, name: str) -> np.ndarray:
+    """Each row of `a` against the same row of `b` by a model's similarity function, as sentence-transformers'
+    similarity_pairwise gives it: cosine, dot product, and the negated euclidean and manhattan distances (so
+    that higher is more similar for every one)."""
+    if name == "cosine":
+        return cosine_rows(a, b)
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if name == "dot":
+        return np.einsum("ij,ij->i", a, b)
+    if name == "euclidean":
+        return -np.linalg.norm(a - b, axis=1)
+    if name == "manhattan":
+        return -np.abs(a - b).sum(axis=1)
+    raise ValueError(f"unknown similarity function {name!r}")
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:

@@ -52,7 +52,7 @@ def feeder_for(encoder: TransformerEncoder, model_dir: Path) -> DeviceFeeder:
     import torch
 
     forward = device_bert(read_weights(encoder.model.layout.transformer_dir), encoder.model.config, torch.float32, torch.device("cpu"))
-    return DeviceFeeder(forward, torch.device("cpu"), encoder.pad_id, encoder.info.pooling, encoder.info.normalize)
+    return DeviceFeeder(forward, encoder.target)  # the plain path's target: CPU, its pooling and head
 
 
 def run_feeder(feeder: DeviceFeeder, tokens: Tokenized, batches: list[np.ndarray], dim: int) -> np.ndarray:

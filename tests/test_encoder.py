@@ -176,16 +176,16 @@ def test_unavailable_cuda_is_a_usage_error(tiny_model_dir: Path) -> None:
 def test_unsupported_module_is_refused(tmp_path: Path, tiny_model_dir: Path) -> None:
     import shutil
 
-    model_dir = tmp_path / "dense"
+    model_dir = tmp_path / "lstm"
     shutil.copytree(tiny_model_dir, model_dir)
     modules = json.loads((model_dir / "modules.json").read_text())
-    modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+    modules.append({"idx": 2, "name": "2", "path": "2_LSTM", "type": "sentence_transformers.models.LSTM"})
     (model_dir / "modules.json").write_text(json.dumps(modules))
     with pytest.raises(ModelError) as error:
         load_encoder(str(model_dir), device="cpu", precision="fp32")
     assert str(error.value) == (
-        f"{model_dir / 'modules.json'}: module 'sentence_transformers.models.Dense' is not supported "
-        "(only Transformer, Pooling, Normalize)"
+        f"{model_dir / 'modules.json'}: module 'sentence_transformers.models.LSTM' is not supported here "
+        "(sbert runs Transformer, Pooling, then Dense and Normalize)"
     )
 
 

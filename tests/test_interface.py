@@ -71,14 +71,14 @@ def test_help_groups_options_in_panels_and_lists_the_choices() -> None:
     assert result.returncode == 0
     for panel in ("Input", "Model", "Batching", "Output", "Unattended runs", "Ray"):
         assert re.search(rf"╭─ {panel} ─", result.stdout), panel
-    for choices in ("<csv|tsv|jsonl|parquet>", "<auto|cpu|cuda|cuda:N>", "<auto|fp32|bf16|fp16>", "<float32|float16>", "<fail|skip>", "<local|ray>"):
+    for choices in ("<csv|tsv|jsonl|parquet>", "<auto|cpu|cuda|cuda:N>", "<auto|fp32|bf16|fp16>", "<float32|float16|int8|uint8|binary|ubinary>", "<fail|skip>", "<local|ray>"):
         assert choices in result.stdout, choices
 
 
 @pytest.mark.parametrize(
     ("command", "usage", "flag"),
     [
-        ("encode", "sbert encode [OPTIONS] INPUT", r"--normalize +L2-normalise the vectors\."),
+        ("encode", "sbert encode [OPTIONS] INPUT", r"--normalize +L2-normalise the vectors \(after"),
         ("sim", "sbert sim [OPTIONS] SENTENCES...", r"--json +One JSON object on stdout\."),
         ("evaluate", "sbert evaluate [OPTIONS] FILES...", r"--quiet +-q +No messages on stderr\."),
     ],
@@ -103,7 +103,7 @@ def test_help_draws_flags_as_flags_and_every_value_one_way(command: str, usage: 
         ("--device", "gpu", "Invalid value for '--device': 'gpu' is not one of 'auto', 'cpu', 'cuda', 'cuda:N'."),
         ("--on-error", "ignore", "Invalid value for '--on-error': 'ignore' is not one of 'fail', 'skip'."),
         ("--engine", "spark", "Invalid value for '--engine': 'spark' is not one of 'local', 'ray'."),
-        ("--dtype", "int8", "Invalid value for '--dtype': 'int8' is not one of 'float32', 'float16'."),
+        ("--dtype", "int4", "Invalid value for '--dtype': 'int4' is not one of 'float32', 'float16', 'int8', 'uint8', 'binary', 'ubinary'."),
         ("--format", "xml", "Invalid value for '--format' / '-f': 'xml' is not one of 'csv', 'tsv', 'jsonl', 'parquet'."),
     ],
 )

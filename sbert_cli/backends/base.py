@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from sbert_cli.backends.pooling import Pooling
 from sbert_cli.model.description import ModelDescription
 from sbert_cli.model.tokens import Tokenized
 
@@ -32,13 +33,14 @@ class Backend(Protocol):
 
 @dataclass(frozen=True)
 class Target:
-    """What a backend is loaded for: the torch device and dtype, the tokenizer's pad id, and the pooling."""
+    """What a backend is loaded for: the torch device and dtype, the tokenizer's pad id, the pooling and the head
+    after it (heads.Head: Dense, Normalize, truncation), which every backend applies through pooling.sentence_vectors."""
 
     device: Any  # torch.device
     dtype: Any  # torch.float32, torch.bfloat16 or torch.float16
     pad_id: int
-    pooling: str
-    normalize: bool
+    pooling: Pooling
+    head: Callable[[Any], Any]  # pooled float32 vectors on the device -> the run's vectors
 
 
 # A backend's loader: the backend for this model on this target, or None when it does not run this model

@@ -22,7 +22,7 @@ class ForwardBackend:
     def __init__(self, forward: Forward, target: Target) -> None:
         self.forward = forward
         self.target = target
-        self._feeder = DeviceFeeder(forward, target.device, target.pad_id, target.pooling, target.normalize) if target.device.type == "cuda" else None
+        self._feeder = DeviceFeeder(forward, target) if target.device.type == "cuda" else None
 
     def embed_batches(self, tokens: Tokenized, batches: Sequence[np.ndarray], out: np.ndarray, after_batch: Callable[[int], None]) -> int:
         if self._feeder is not None:
@@ -42,7 +42,7 @@ class ForwardBackend:
         mask = None if int(lengths.min()) == ids.shape[1] else torch.from_numpy(np.arange(ids.shape[1]) < lengths[:, None])
         with torch.inference_mode():
             hidden = self.forward(torch.from_numpy(ids).long(), mask)
-            return sentence_vectors(hidden, mask, target.pooling, target.normalize).numpy()
+            return sentence_vectors(hidden, mask, target.pooling, target.head).numpy()
 
 
 class DeviceFeeder:
@@ -55,13 +55,11 @@ class DeviceFeeder:
     on CPU tensors.
     """
 
-    def __init__(self, forward: Forward, device: Any, pad_id: int, pooling: str, normalize: bool) -> None:
+    def __init__(self, forward: Forward, target: Target) -> None:
         self.forward = forward
-        self.device = device
-        self.pad_id = pad_id
-        self.pooling = pooling
-        self.normalize = normalize
-        self.staging = Staging(device)
+        self.target = target
+        self.device = target.device
+        self.staging = Staging(target.device)
 
     def run(self, tokens: Tokenized, batches: Sequence[np.ndarray], out: np.ndarray, after_batch: Callable[[int], None]) -> int:
         """Encoder.embed_batches on the device: out[rows] for each batch's rows; how many batches ran."""
@@ -83,17 +81,17 @@ class DeviceFeeder:
         return ran
 
     def _pooled(self, tokens: Tokenized, rows: np.ndarray) -> Any:
-        """One batch queued on the device: its pooled (and normalised) float32 vectors, in the batch's order."""
+        """One batch queued on the device: its pooled float32 vectors through the head, in the batch's order."""
         import torch
 
-        ids, lengths = tokens.padded(rows, self.pad_id)
+        ids, lengths = tokens.padded(rows, self.target.pad_id)
         count, longest = ids.shape
         staged = self.staging.to_device(np.concatenate([ids.reshape(-1), lengths.astype(np.int32)]))
         input_ids = staged[: count * longest].view(count, longest).long()
         # Whether the batch has padding is known on the host: asking the device would wait for it.
         padded = int(lengths.min()) < longest
         mask = torch.arange(longest, device=self.device) < staged[count * longest :, None] if padded else None
-        return sentence_vectors(self.forward(input_ids, mask), mask, self.pooling, self.normalize)
+        return sentence_vectors(self.forward(input_ids, mask), mask, self.target.pooling, self.target.head)
 
 
 class Staging:

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from sbert_cli.errors import InputDataError, UsageError
-from sbert_cli.io.readers import STDIN
 from sbert_cli.io.paths import TEMPORARY_MARK, DirectoryLayout, temporary_path
+from sbert_cli.io.readers import STDIN
 from sbert_cli.io.writers import NOTHING_WRITTEN, output_errors
 
 MANIFEST_VERSION = 2
@@ -59,6 +59,7 @@ class Manifest:
     shards: list[ShardEntry] = field(default_factory=list)
     complete: bool = False
     version: int = MANIFEST_VERSION
+    quantization: dict[str, Any] | None = None  # int8/uint8 ranges, fixed by the first shard for every later one
 
 
 def identify_input(path: str) -> InputIdentity:
@@ -93,6 +94,7 @@ def load_manifest(path: Path) -> Manifest | None:
             shards=[ShardEntry(**entry) for entry in data["shards"]],
             complete=bool(data.get("complete", False)),
             version=int(data.get("version", 1)),
+            quantization=data.get("quantization"),
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InputDataError(f"{path}: unreadable manifest ({exc}); write into an empty directory instead") from None

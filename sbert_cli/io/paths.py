@@ -35,6 +35,11 @@ def ids_path(path: str) -> str:
     return str(Path(path).with_suffix(".ids.jsonl"))
 
 
+def quantization_path(path: str) -> str:
+    """The sidecar of a .npy or .jsonl output holding int8/uint8 ranges: vectors.npy -> vectors.quantization.json."""
+    return str(Path(path).with_suffix(".quantization.json"))
+
+
 def rejects_path(path: str) -> str:
     """out.parquet -> out.rejects.jsonl (a directory keeps its rejects in its state folder)."""
     return str(Path(path).with_suffix(".rejects.jsonl"))
@@ -92,6 +97,8 @@ def file_output_paths(path: str, format: str) -> Derived:
     files = [("output", path)]
     if format == "npy":
         files.append(("ids sidecar", ids_path(path)))
+    if format != "parquet":
+        files.append(("quantization sidecar", quantization_path(path)))
     files.append(("rejects file", rejects_path(path)))
     files.append(("lock file", str(file_lock_path(path))))
     return Derived("-o", tuple(files))

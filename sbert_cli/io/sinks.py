@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from sbert_cli.io.compact import VectorForm
 from sbert_cli.io.lock import output_lock
 from sbert_cli.io.manifest import (
     Manifest,
@@ -52,10 +53,10 @@ class Sink(Protocol):
 
 
 def describe_vectors(info: ModelInfo, dtype: str) -> dict[str, str]:
-    """The Parquet schema metadata saying what the vectors are."""
+    """The Parquet schema metadata saying what the vectors are (int8/uint8 ranges are added by the writer once known)."""
     from sbert_cli import __version__
 
-    return {
+    metadata = {
         "sbert.model": info.name,
         "sbert.dim": str(info.dim),
         "sbert.pooling": info.pooling,
@@ -63,18 +64,26 @@ def describe_vectors(info: ModelInfo, dtype: str) -> dict[str, str]:
         "sbert.max_length": str(info.max_length),
         "sbert.precision": info.precision,
         "sbert.dtype": dtype,
+        "sbert.prompt": info.prompt,
+        "sbert.similarity": info.similarity,
         "sbert.version": __version__,
     }
+    if info.truncate_dim is not None:
+        metadata["sbert.truncate_dim"] = str(info.truncate_dim)
+    return metadata
 
 
 def run_options(job: EncodeJob, info: ModelInfo) -> dict[str, Any]:
-    """What a resumed run must share with the run that started a directory (the manifest's options)."""
-    return {
+    """What a resumed run must share with the run that started a directory (the manifest's options). The prompt,
+    --truncate-dim and --calibration are there only when set, so a directory begun before they existed resumes."""
+    options: dict[str, Any] = {
         "model": info.name, "dim": info.dim, "pooling": info.pooling, "normalize": info.normalize,
         "max_length": info.max_length, "precision": info.precision, "format": job.input.format,
         "text_column": job.input.text_column, "id_column": job.input.id_column, "dtype": job.output.dtype,
         "shard_rows": job.shard_rows, "on_error": "skip" if job.skip_bad_rows else "fail", "with_stats": job.with_stats,
     }
+    extra = {"prompt": info.prompt or None, "truncate_dim": info.truncate_dim, "calibration": job.output.calibration}
+    return options | {key: value for key, value in extra.items() if value is not None}
 
 
 @contextmanager
@@ -86,7 +95,8 @@ def open_sink(job: EncodeJob, info: ModelInfo, notice: Callable[[str], None]) ->
     """
     output = job.output
     stats_length = info.max_length if job.with_stats else None
-    spec = WriterSpec(output.path, info.dim, describe_vectors(info, output.dtype), output.dtype, stats_length)
+    form = VectorForm.for_output(output.dtype, output.calibration, info.dim)
+    spec = WriterSpec(output.path, info.dim, describe_vectors(info, output.dtype), output.dtype, stats_length, form=form)
     if output.kind == "stdout":
         yield from _guarded(FileSink(replace(spec, on_failure="the output stopped there"), output.format, None))
         return
@@ -167,6 +177,8 @@ class ShardedSink:
         self.shard_rows = shard_rows
         self.spec = spec
         self.done = frozenset(entry.first_row // shard_rows for entry in manifest.shards)
+        if spec.form is not None:
+            spec.form.restore(manifest.quantization)  # --resume: the ranges the earlier shards were scaled by
         self.complete = manifest.complete
         self.rejects_shown = f"{layout.rejects}/"
         self._index: int | None = None
@@ -211,6 +223,7 @@ class ShardedSink:
         entry = ShardEntry(path.name, first, first + self._rows_seen, self._writer.rows, self._rejects.count, file_sha256(path), rejects_file)
         on_failure = self._on_failure()
         self.manifest.shards = sorted([*self.manifest.shards, entry], key=lambda shard: shard.first_row)
+        self.manifest.quantization = self._writer.form.record()
         save_manifest(self.layout, self.manifest, on_failure)
         self._writer = self._rejects = None
 

@@ -14,7 +14,8 @@ from typing import IO, Any
 import numpy as np
 
 from sbert_cli.errors import InputDataError, OutputError
-from sbert_cli.io.paths import ids_path, temporary_path
+from sbert_cli.io.compact import VectorForm
+from sbert_cli.io.paths import ids_path, quantization_path, temporary_path
 from sbert_cli.io.pipe import confirm_delivered
 from sbert_cli.job import STDOUT
 
@@ -29,7 +30,8 @@ class WriterSpec:
     """One file to write: where, what vectors (dim, stored dtype, metadata), and where its temporary lives.
 
     With `stats_max_length` set (--with-stats), each row also gets its untruncated token count and
-    whether it was truncated to that length.
+    whether it was truncated to that length. `form` (shared by every file of a run) stores the vectors as
+    --dtype says; by default, as `dtype`.
     """
 
     path: str
@@ -39,6 +41,7 @@ class WriterSpec:
     stats_max_length: int | None = None
     temp_dir: Path | None = None  # default: beside the file
     on_failure: str = NOTHING_WRITTEN  # what a failed write leaves, for its error line
+    form: VectorForm | None = None
 
 
 class EmbeddingWriter:
@@ -47,7 +50,9 @@ class EmbeddingWriter:
     def __init__(self, spec: WriterSpec) -> None:
         self.spec = spec
         self.rows = 0
-        self.dtype = np.dtype(spec.dtype)
+        self.form = spec.form if spec.form is not None else VectorForm(spec.dtype)
+        self.dtype = self.form.numpy_dtype
+        self.width = self.form.width(spec.dim)  # stored values a row
         self._renames: list[tuple[str, str]] = []
 
     def write(self, ids: list[Any], vectors: np.ndarray, n_tokens: list[int] | None = None) -> None:
@@ -60,6 +65,14 @@ class EmbeddingWriter:
 
     def _close(self) -> None:
         """Flush and close the open files."""
+
+    def _write_ranges_sidecar(self) -> None:
+        """A .npy or .jsonl file's int8/uint8 ranges, in NAME.quantization.json beside it (Parquet keeps them in its metadata)."""
+        record = self.form.record()
+        if record is not None and self.spec.path != STDOUT:
+            with open(self._temporary(quantization_path(self.spec.path)), "w", encoding="utf-8") as stream:
+                json.dump(record, stream)
+            self._renames.insert(0, self._renames.pop())  # renamed before the vectors, as the ids are
 
     def finish(self) -> None:
         with output_errors(self.spec.path, self.spec.on_failure):
@@ -95,7 +108,7 @@ class ParquetWriter(EmbeddingWriter):
         import pyarrow.parquet as pq
 
         id_array = _id_array(pa, ids, self._id_type, self.rows)
-        arrays = [id_array, embedding_array(vectors, self.dtype)]
+        arrays = [id_array, embedding_array(self.form.store(vectors), self.dtype)]
         names = ["id", "embedding"]
         if self.spec.stats_max_length is not None and n_tokens is not None:
             counts = np.asarray(n_tokens, dtype=np.int32)
@@ -103,10 +116,11 @@ class ParquetWriter(EmbeddingWriter):
             names += ["n_tokens", "truncated"]
         table = pa.Table.from_arrays(arrays, names=names)
         with output_errors(self.spec.path, self.spec.on_failure):
+            metadata = {**self.spec.metadata, **self.form.metadata()}  # int8/uint8 ranges are known from the first window on
             if self._writer is None:
                 self._id_type = id_array.type
-                self._writer = pq.ParquetWriter(self._temp, table.schema.with_metadata(self.spec.metadata))
-            self._writer.write_table(table.replace_schema_metadata(self.spec.metadata))
+                self._writer = pq.ParquetWriter(self._temp, table.schema.with_metadata(metadata))
+            self._writer.write_table(table.replace_schema_metadata(metadata))
         self.rows += len(ids)
 
     def _close(self) -> None:
@@ -114,7 +128,7 @@ class ParquetWriter(EmbeddingWriter):
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            fields = [("id", pa.int64()), ("embedding", pa.list_(pa.from_numpy_dtype(self.dtype), self.spec.dim))]
+            fields = [("id", pa.int64()), ("embedding", pa.list_(pa.from_numpy_dtype(self.dtype), self.width))]
             if self.spec.stats_max_length is not None:
                 fields += [("n_tokens", pa.int32()), ("truncated", pa.bool_())]
             self._writer = pq.ParquetWriter(self._temp, pa.schema(fields, metadata=self.spec.metadata))
@@ -122,7 +136,8 @@ class ParquetWriter(EmbeddingWriter):
 
 
 def embedding_array(vectors: np.ndarray, dtype: Any) -> Any:
-    """[rows, dim] vectors as an Arrow fixed_size_list<float>[dim] column, the embedding column's type."""
+    """[rows, width] stored vectors as an Arrow fixed_size_list<type>[width] column, the embedding column's type
+    (float, halffloat, int8 or uint8; width is dim, or dim / 8 packed)."""
     import pyarrow as pa
 
     values = pa.array(np.ascontiguousarray(vectors, dtype=np.dtype(dtype)).reshape(-1))
@@ -141,26 +156,28 @@ def _id_array(pa: Any, ids: list[Any], id_type: Any, first_row: int) -> Any:
 
 
 class NpyWriter(EmbeddingWriter):
-    """float32/float16 [rows, dim] in input order, streamed; ids go to a JSON-lines sidecar."""
+    """[rows, width] in input order in the stored dtype, streamed; ids go to a JSON-lines sidecar, int8/uint8 ranges to
+    NAME.quantization.json."""
 
     def __init__(self, spec: WriterSpec) -> None:
         super().__init__(spec)
         with output_errors(spec.path, spec.on_failure):
             self._ids_file: IO[str] = open(self._temporary(ids_path(spec.path)), "w", encoding="utf-8")
             self._array_file: IO[bytes] = open(self._temporary(spec.path), "wb")
-            self._array_file.write(_npy_header(self.dtype, (0, spec.dim)))
+            self._array_file.write(_npy_header(self.dtype, (0, self.width)))
 
     def write(self, ids: list[Any], vectors: np.ndarray, n_tokens: list[int] | None = None) -> None:
         with output_errors(self.spec.path, self.spec.on_failure):
             self._ids_file.write("".join(json.dumps(value, ensure_ascii=False) + "\n" for value in ids))
-            self._array_file.write(np.ascontiguousarray(vectors, dtype=self.dtype).tobytes())
+            self._array_file.write(self.form.store(vectors).tobytes())
         self.rows += len(ids)
 
     def _close(self) -> None:
         if not self._array_file.closed:
             self._array_file.seek(0)
-            self._array_file.write(_npy_header(self.dtype, (self.rows, self.spec.dim)))
+            self._array_file.write(_npy_header(self.dtype, (self.rows, self.width)))
             self._array_file.close()
+            self._write_ranges_sidecar()
         self._ids_file.close()
 
 
@@ -186,7 +203,7 @@ class JsonLinesWriter(EmbeddingWriter):
             self._stream = sys.stdout
 
     def write(self, ids: list[Any], vectors: np.ndarray, n_tokens: list[int] | None = None) -> None:
-        rows = np.asarray(vectors, dtype=self.dtype).tolist()
+        rows = self.form.store(vectors).tolist()
         objects = [{"id": value, "embedding": row} for value, row in zip(ids, rows)]
         limit = self.spec.stats_max_length
         if limit is not None and n_tokens is not None:
@@ -200,8 +217,9 @@ class JsonLinesWriter(EmbeddingWriter):
         self.rows += len(ids)
 
     def _close(self) -> None:
-        if self._owns_stream:
+        if self._owns_stream and not self._stream.closed:
             self._stream.close()
+            self._write_ranges_sidecar()
 
     def finish(self) -> None:
         super().finish()

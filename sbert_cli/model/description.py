@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sbert_cli.errors import ModelError, UsageError, first_line
 from sbert_cli.job import ModelOptions
+from sbert_cli.model.card import read_card, resolve_prompt
 from sbert_cli.model.device import pick_device, pick_precision
-
-POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
+from sbert_cli.model.modules import HeadLayer, NormalizeLayer, PoolingConfig, full_head, head_dim, read_dense, read_json, read_pooling
 
 # Files a sentence-transformers or transformers checkpoint needs; skips ONNX/OpenVINO/TF copies.
 MODEL_FILE_PATTERNS = ("*.json", "*.txt", "*.model", "*.safetensors", "pytorch_model*.bin")
@@ -28,6 +27,9 @@ class ModelInfo:
     max_length: int
     precision: str
     device: str
+    prompt: str = ""  # put before every text ('' for none)
+    similarity: str = "cosine"  # what sim and evaluate compare vectors by
+    truncate_dim: int | None = None
 
 
 @dataclass(frozen=True)
@@ -36,9 +38,11 @@ class ModelLayout:
 
     transformer_dir: Path
     pooling: str
-    normalize: bool
+    normalize: bool  # a Normalize module is last
     max_seq_length: int | None
     do_lower_case: bool
+    include_prompt: bool = True  # the pooling counts the prompt's tokens
+    head: tuple[HeadLayer, ...] = ()  # the modules after pooling, in order (Dense, Normalize)
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class ModelDescription:
     layout: ModelLayout
     info: ModelInfo
     config: dict[str, Any]  # the transformer's config.json
+    head: tuple[HeadLayer, ...] = ()  # after pooling: the model's modules, then --truncate-dim and --normalize
 
 
 def describe_model(options: ModelOptions) -> ModelDescription:
@@ -57,20 +62,37 @@ def describe_model(options: ModelOptions) -> ModelDescription:
     layout = read_layout(directory)
     device = pick_device(options.device)
     config_file = layout.transformer_dir / "config.json"
-    config = _read_json(config_file) if config_file.exists() else {}
-    dim = config.get("hidden_size") or config.get("dim") or config.get("d_model")
-    if not isinstance(dim, int):
+    config = read_json(config_file) if config_file.exists() else {}
+    _refuse_remote_code(layout.transformer_dir, config)
+    hidden = config.get("hidden_size") or config.get("dim") or config.get("d_model") or config.get("n_embd")
+    if not isinstance(hidden, int):
         raise ModelError(f"{config_file}: no hidden_size; sbert encodes with BERT-like transformers models")
+    head = full_head(layout.head, options.truncate_dim, options.normalize)
+    card = read_card(directory)
     info = ModelInfo(
         name=options.model,
-        dim=dim,
+        dim=head_dim(head, hidden, directory),
         pooling=layout.pooling,
-        normalize=options.normalize or layout.normalize,
+        normalize=bool(head) and isinstance(head[-1], NormalizeLayer),
         max_length=_pick_max_length(layout, config, options.max_length),
         precision=pick_precision(options.precision, device),
         device=device,
+        prompt=resolve_prompt(card, options.prompt, options.prompt_name, options.model),
+        similarity=options.similarity or card.similarity or "cosine",
+        truncate_dim=options.truncate_dim,
     )
-    return ModelDescription(directory, layout, info, config)
+    return ModelDescription(directory, layout, info, config, head)
+
+
+def _refuse_remote_code(transformer_dir: Path, config: dict[str, Any]) -> None:
+    """A model whose classes live in its own repository (auto_map) needs trust_remote_code, which sbert never turns on."""
+    tokenizer_file = transformer_dir / "tokenizer_config.json"
+    for path, settings in ((transformer_dir / "config.json", config), (tokenizer_file, read_json(tokenizer_file) if tokenizer_file.exists() else {})):
+        if isinstance(settings, dict) and settings.get("auto_map"):
+            raise ModelError(
+                f"{path}: this model runs its own code (auto_map), and sbert never runs a model's code (trust_remote_code stays off); "
+                "use a model that transformers runs as it is"
+            )
 
 
 def resolve_model_dir(model: str) -> Path:
@@ -102,65 +124,38 @@ def read_layout(model_dir: Path) -> ModelLayout:
             raise ModelError(f"{model_dir}: no config.json or modules.json; this is not a model directory")
         return ModelLayout(model_dir, "mean", False, None, False)
     transformer_dir: Path | None = None
-    pooling = "mean"
-    normalize = False
-    for module in _read_json(modules_file):
+    pooling = PoolingConfig()
+    head: list[HeadLayer] = []
+    for module in read_json(modules_file):
         kind = str(module.get("type", "")).rsplit(".", 1)[-1]
         module_dir = model_dir / module.get("path", "")
-        if kind == "Transformer":
+        if kind == "Transformer" and transformer_dir is None:
             transformer_dir = module_dir
-        elif kind == "Pooling":
-            pooling = _read_pooling_mode(module_dir / "config.json")
-        elif kind == "Normalize":
-            normalize = True
+        elif kind == "Pooling" and transformer_dir is not None and not head:
+            pooling = read_pooling(module_dir / "config.json")
+        elif kind in ("Dense", "Normalize") and transformer_dir is not None:
+            head.append(read_dense(module_dir) if kind == "Dense" else NormalizeLayer())
         else:
-            raise ModelError(f"{modules_file}: module '{module.get('type')}' is not supported (only Transformer, Pooling, Normalize)")
+            raise ModelError(f"{modules_file}: module '{module.get('type')}' is not supported here (sbert runs Transformer, Pooling, then Dense and Normalize)")
     if transformer_dir is None:
         raise ModelError(f"{modules_file}: no Transformer module listed")
     st_config_file = transformer_dir / "sentence_bert_config.json"
-    st_config = _read_json(st_config_file) if st_config_file.exists() else {}
+    st_config = read_json(st_config_file) if st_config_file.exists() else {}
     return ModelLayout(
         transformer_dir=transformer_dir,
-        pooling=pooling,
-        normalize=normalize,
+        pooling=pooling.mode,
+        normalize=bool(head) and isinstance(head[-1], NormalizeLayer),
         max_seq_length=st_config.get("max_seq_length"),
         do_lower_case=bool(st_config.get("do_lower_case", False)),
+        include_prompt=pooling.include_prompt,
+        head=tuple(head),
     )
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{path}: unreadable ({exc})") from None
-
-
-def _read_pooling_mode(config_file: Path) -> str:
-    config = _read_json(config_file) if config_file.exists() else {"pooling_mode_mean_tokens": True}
-    if isinstance(config.get("pooling_mode"), str):
-        modes = [config["pooling_mode"].replace("mean_sqrt_len_tokens", "mean_sqrt_len")]
-    else:
-        modes = [
-            name
-            for name, key in (
-                ("cls", "pooling_mode_cls_token"),
-                ("mean", "pooling_mode_mean_tokens"),
-                ("max", "pooling_mode_max_tokens"),
-                ("mean_sqrt_len", "pooling_mode_mean_sqrt_len_tokens"),
-                ("weightedmean", "pooling_mode_weightedmean_tokens"),
-                ("lasttoken", "pooling_mode_lasttoken"),
-            )
-            if config.get(key)
-        ]
-    if len(modes) != 1 or modes[0] not in POOLING_MODES:
-        raise ModelError(f"{config_file}: pooling {modes or 'none'} is not supported; sbert pools by one of {', '.join(POOLING_MODES)}")
-    return modes[0]
 
 
 def _pick_max_length(layout: ModelLayout, config: dict[str, Any], override: int | None) -> int:
     """sentence-transformers' rule: max_seq_length if configured, else the tokenizer's limit capped by the
     position embeddings; an override may lower it but never exceed the position embeddings."""
-    positions = int(config.get("max_position_embeddings") or 512)
+    positions = int(config.get("max_position_embeddings") or config.get("n_positions") or 512)
     if override is not None:
         if override < 2 or override > positions:
             raise UsageError(f"--max-length {override}: this model takes 2 to {positions} tokens")
@@ -168,5 +163,5 @@ def _pick_max_length(layout: ModelLayout, config: dict[str, Any], override: int 
     if layout.max_seq_length:
         return int(layout.max_seq_length)
     tokenizer_file = layout.transformer_dir / "tokenizer_config.json"
-    tokenizer_config = _read_json(tokenizer_file) if tokenizer_file.exists() else {}
+    tokenizer_config = read_json(tokenizer_file) if tokenizer_file.exists() else {}
     return int(min(tokenizer_config.get("model_max_length") or positions, positions))

@@ -1,4 +1,5 @@
-"""Texts to token ids as sentence-transformers makes them: the model's own tokenizer, truncated by sbert in one pass."""
+"""Texts to token ids as sentence-transformers makes them: the prompt put before each text, the model's own tokenizer,
+truncated by sbert in one pass."""
 
 from __future__ import annotations
 
@@ -28,12 +29,14 @@ def load_tokenizer(source: Any) -> Any:
 
 
 class Tokenizer:
-    """A model's tokenizer, lower-casing where the model says so and truncating to the model's length."""
+    """A model's tokenizer, putting the prompt before each text, lower-casing where the model says so and truncating
+    to the model's length."""
 
     def __init__(self, model: ModelDescription, tokenizer: Any = None) -> None:
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model.layout.transformer_dir)
         self.max_length = model.info.max_length
         self.lower_case = model.layout.do_lower_case
+        self.prompt = model.info.prompt
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self._prefix, self._suffix = self._special_token_split()
 
@@ -47,7 +50,19 @@ class Tokenizer:
                 return start, len(full) - start - len(plain)
         return None, None
 
+    @property
+    def prompt_length(self) -> int:
+        """How many leading tokens are the prompt's, as sentence-transformers counts them for include_prompt=False:
+        the prompt tokenized alone, less a special token at its end ([SEP], EOS)."""
+        if not self.prompt:
+            return 0
+        ids = self._tokenize_slice([self.prompt.lower() if self.lower_case else self.prompt]).ids[0]
+        special = set(getattr(self.tokenizer, "all_special_ids", ()))
+        return len(ids) - 1 if ids and ids[-1] in special else len(ids)
+
     def __call__(self, texts: list[str]) -> Tokenized:
+        if self.prompt:
+            texts = [self.prompt + text for text in texts]  # before lower-casing: the model lower-cases both
         if self.lower_case:
             texts = [text.lower() for text in texts]
         if not texts:
