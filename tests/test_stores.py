@@ -326,3 +326,30 @@ def test_the_default_output_sits_beside_a_store_input(bucket: Bucket, fake_encod
     assert error_of(refused) == (
         f"sbert: error: {bucket.url('cache.sqlite')}: --cache is a local SQLite file, which a bucket cannot hold; pass a local path, e.g. --cache vectors.sqlite"
     )
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "addressing", "expected"),
+    [
+        ("http://minio.internal:9000", "", ("http", "minio.internal:9000", False)),
+        ("https://oss-cn-hangzhou.aliyuncs.com", "", ("https", "oss-cn-hangzhou.aliyuncs.com", True)),
+        ("https://oss-cn-hangzhou.aliyuncs.com/", "path", ("https", "oss-cn-hangzhou.aliyuncs.com", False)),
+        ("https://cos.example.com", "virtual", ("https", "cos.example.com", True)),
+    ],
+)
+def test_the_filesystem_follows_the_environment(bucket: Bucket, monkeypatch: pytest.MonkeyPatch, endpoint: str, addressing: str, expected: tuple) -> None:
+    """AWS_ENDPOINT_URL's scheme and host, bounded retries and timeouts, virtual hosting for OSS (no request made)."""
+    from sbert_cli.io.storage import StorePath
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("SBERT_S3_ADDRESSING", addressing)
+    options = StorePath.parse("s3://any-bucket/key").fs.__reduce__()[1][0]
+    assert (options["scheme"], options["endpoint_override"], options["force_virtual_addressing"]) == expected
+    assert (options["connect_timeout"], options["request_timeout"], options["region"]) == (5.0, 30.0, "us-east-1")
+
+
+def test_a_malformed_endpoint_is_one_line(bucket: Bucket, tmp_path: Path, fake_encoder: FakeEncoder, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "minio.internal:9000")
+    result = run("encode", bucket.url("in.jsonl"), "-o", tmp_path / "out.parquet")
+    assert result.exit_code == 2
+    assert error_of(result) == "sbert: error: AWS_ENDPOINT_URL=minio.internal:9000: expected http://HOST[:PORT] or https://HOST[:PORT]"

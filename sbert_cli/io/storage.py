@@ -222,7 +222,14 @@ def filesystem(bucket: str, shown: str) -> Any:
     if not _credentials_visible() and os.environ.get("AWS_EC2_METADATA_DISABLED", "").lower() == "true":
         raise UsageError(f"{shown}: {NO_CREDENTIALS}")
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
-    return _filesystem(bucket, endpoint_url(), region, _attempts(), os.environ.get("AWS_ACCESS_KEY_ID"))
+    return _filesystem(bucket, endpoint_url(), region, _attempts(), os.environ.get("AWS_ACCESS_KEY_ID"), _virtual_hosting())
+
+
+def _virtual_hosting() -> bool:
+    """bucket.host/key instead of host/bucket/key: what Alibaba OSS requires (detected from its endpoint), or
+    SBERT_S3_ADDRESSING=virtual for another service that does; AWS itself chooses on its own."""
+    style = os.environ.get("SBERT_S3_ADDRESSING", "").lower()
+    return style == "virtual" or (not style and (endpoint_url() or "").rstrip("/").endswith(".aliyuncs.com"))
 
 
 def _attempts() -> int:
@@ -231,11 +238,11 @@ def _attempts() -> int:
 
 
 @functools.lru_cache(maxsize=16)
-def _filesystem(bucket: str, endpoint: str | None, region: str | None, attempts: int, key_id: str | None) -> Any:
+def _filesystem(bucket: str, endpoint: str | None, region: str | None, attempts: int, key_id: str | None, virtual: bool) -> Any:
     """One filesystem per bucket and settings; `key_id` only keys the cache (the SDK reads the chain itself)."""
     from pyarrow.fs import AwsStandardS3RetryStrategy, S3FileSystem, resolve_s3_region
 
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"force_virtual_addressing": True} if virtual else {}
     if endpoint is not None:
         match = re.fullmatch(r"(https?)://([^/]+)/?", endpoint.strip())
         if match is None:
