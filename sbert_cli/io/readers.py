@@ -136,8 +136,9 @@ def _open_binary(table: TableSpec, extent: Extent) -> Iterator[tuple[IO[bytes], 
             yield stream, fmt, extent
         return
     if is_url(table.path):
-        with open_input(StorePath.parse(table.path), random_access=table.format == "parquet") as stream:
-            extent.total, extent.unit, extent.position = StorePath.parse(table.path).info().size, "bytes", stream.tell
+        source = StorePath.parse(table.path)
+        with open_input(source, random_access=table.format == "parquet") as stream:
+            extent.total, extent.unit, extent.position = source.info().size, "bytes", stream.tell
             yield stream, table.format, extent
         return
     if os.path.isdir(table.path):
