@@ -179,11 +179,21 @@ def upload(local: str, target: StorePath) -> None:
     """Copy a finished local file to `target` in one call into Arrow's C++ (no Python code runs in between, so no
     exception can interrupt it half-way): S3 creates the object only with the upload's last request, once every
     byte is sent. A run killed before that leaves nothing under the name. Its OSError is the caller's to turn into
-    a line that also says what the run kept (writers.output_errors)."""
+    a line that also says what the run kept (writers.output_errors).
+
+    One case escapes S3's rule: should reading the local file fail mid-copy, Arrow's stream completes the upload
+    with what it sent when it is destroyed. The sizes tell that object apart (one HEAD before and after), and it
+    is removed at once."""
     from pyarrow.fs import LocalFileSystem, copy_files
 
-    copy_files(local, str(target.posix), source_filesystem=LocalFileSystem(), destination_filesystem=target.fs)
-    if target.info().size != os.path.getsize(local):  # never seen; a check that costs one HEAD
+    size, before = os.path.getsize(local), target.info().size
+    try:
+        copy_files(local, str(target.posix), source_filesystem=LocalFileSystem(), destination_filesystem=target.fs)
+    except OSError:
+        if target.info().size not in (None, before, size):
+            target.unlink(missing_ok=True)
+        raise
+    if target.info().size != size:
         target.unlink(missing_ok=True)
         raise OutputError(f"{target}: the uploaded object's size differs from the file sent; nothing was kept")
 
