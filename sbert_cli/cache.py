@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from sbert_cli.errors import CacheError, SbertError, UsageError
+from sbert_cli.io.storage import is_url
 from sbert_cli.model.description import MODEL_FILE_PATTERNS
 
 FORMAT = "sbert-vector-cache"
@@ -58,6 +59,8 @@ class CacheFile:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        if is_url(path):
+            raise UsageError(f"{path}: --cache is a local SQLite file, which a bucket cannot hold; pass a local path, e.g. --cache vectors.sqlite")
         if Path(path).is_dir():
             raise CacheError(f"{path}: is a directory; --cache takes a file, e.g. --cache vectors.sqlite")
         problem = place_problem(path)

@@ -111,7 +111,7 @@ def _user_errors(prints: bool = False) -> Iterator[None]:
 
 @app.command(cls=PlainHelpCommand)
 def encode(
-    input: Annotated[str, typer.Argument(help="CSV, TSV, JSONL or Parquet file; - reads stdin; with --engine ray also a directory or glob.", show_default=False)],
+    input: Annotated[str, typer.Argument(help="CSV, TSV, JSONL or Parquet file, a directory or glob of them (read in sorted-path order), or an s3:// key, prefix or glob; - reads stdin.", show_default=False)],
     format: Annotated[Optional[InputFormat], typer.Option("--format", "-f", rich_help_panel=INPUT, help="Input format (default: from the extension; sniffed on stdin).")] = None,
     text_column: Annotated[str, typer.Option(rich_help_panel=INPUT, help="Column or field holding the text.")] = "text",
     id_column: Annotated[Optional[str], typer.Option(rich_help_panel=INPUT, help="Column or field holding the id (default: 0-based row numbers).")] = None,
@@ -126,7 +126,7 @@ def encode(
     chunk_size: Annotated[Optional[int], typer.Option(min=1, rich_help_panel=BATCHING, show_default=_auto("chunk_size"), help="Rows read, sorted and batched at a time; bounds memory.")] = None,
     batch_size: BatchSizeOption = None,
     max_tokens: MaxTokensOption = None,
-    output: Annotated[Optional[str], typer.Option("--output", "-o", rich_help_panel=OUTPUT, help="A .parquet, .npy (+ .ids.jsonl) or .jsonl file; - for JSON lines on stdout; a directory for Parquet shards. Default: <input stem>.embeddings.parquet beside the input.")] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", rich_help_panel=OUTPUT, help="A .parquet, .npy (+ .ids.jsonl) or .jsonl file; - for JSON lines on stdout; a directory for Parquet shards; any of them as s3://BUCKET/KEY. Default: <input stem>.embeddings.parquet beside the input.")] = None,
     dtype: Annotated[Dtype, typer.Option(rich_help_panel=OUTPUT, help="Stored vector type. int8/uint8: one byte a dimension, scaled by per-dimension ranges (from the first window, or --calibration) kept in the metadata; binary/ubinary: one bit a dimension, packed (sentence-transformers' quantize_embeddings).")] = "float32",
     calibration: Annotated[Optional[str], typer.Option(rich_help_panel=OUTPUT, help="With --dtype int8/uint8: a .npy of float vectors (rows x dim) whose per-dimension min and max set the ranges (default: the first window's).")] = None,
     with_stats: Annotated[bool, typer.Option("--with-stats", rich_help_panel=OUTPUT, help="Add n_tokens and truncated columns.")] = False,
@@ -150,7 +150,7 @@ def encode(
     with _user_errors():
         ray = RayOptions(ray_address, workers, cpus_per_worker, gpus_per_worker) if engine == "ray" else None
         job = EncodeJob(
-            input=input_spec(input, format, text_column, id_column, several_files=ray is not None),
+            input=input_spec(input, format, text_column, id_column),
             output=output_target(output, input, dtype, calibration),
             model=ModelOptions(model, device, precision, max_length, normalize, prompt, prompt_name, truncate_dim),
             plan=BatchPlan(chunk_size=chunk_size, batch_size=batch_size, max_tokens=max_tokens),

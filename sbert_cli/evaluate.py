@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from sbert_cli.errors import InputDataError, UsageError
 from sbert_cli.io.readers import EXTENSIONS, MISSING, BadRow, TableSpec, iter_fields
+from sbert_cli.io.storage import location
 from sbert_cli.plan import BatchPlan
 from sbert_cli.quantize import comparable
 from sbert_cli.similarity import average_ranks, pearson, similarity_rows, spearman
@@ -78,7 +78,7 @@ def parse_columns(value: str | None) -> tuple[str, str, str] | None:
 def pair_table(path: str, columns: tuple[str, str, str] | None) -> TableSpec:
     """How a pair file is read: by its extension (TSV when it has none of ours, as the published sets);
     headerless `s1, s2, label` unless its first line names the columns. TSV quotes are text, as in those sets."""
-    fmt = EXTENSIONS.get(Path(path).suffix.lower(), "tsv")
+    fmt = EXTENSIONS.get(location(path).suffix.lower(), "tsv")
     return TableSpec(
         path, fmt, columns or DEFAULT_COLUMNS, (_COLUMNS_FIX,) * 3, string_columns=(columns or DEFAULT_COLUMNS)[:2],
         header="required" if columns or fmt not in ("csv", "tsv") else "sniff", quoting=fmt != "tsv", format_option=False,
@@ -113,7 +113,7 @@ def read_pairs(path: str, columns: tuple[str, str, str] | None = None) -> PairSe
         second.append(b)
     if not labels:
         raise InputDataError(f"{path}: no sentence pairs found")
-    return PairSet(Path(path).stem, path, first, second, np.asarray(labels))
+    return PairSet(location(path).stem, path, first, second, np.asarray(labels))
 
 
 def name_pair_sets(sets: list[PairSet]) -> list[PairSet]:
@@ -123,7 +123,7 @@ def name_pair_sets(sets: list[PairSet]) -> list[PairSet]:
     for pair_set in sets:
         name = pair_set.name
         if stems.count(name) > 1:
-            name = f"{Path(pair_set.path).parent.name}/{name}"
+            name = f"{location(pair_set.path).parent.name}/{name}"
         named.append(PairSet(name, pair_set.path, pair_set.first, pair_set.second, pair_set.labels))
     return named
 

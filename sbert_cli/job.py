@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, get_args
 
 from sbert_cli.errors import OutputError, UsageError
-from sbert_cli.io.paths import Derived, directory_output_paths, file_output_paths, refuse_overlap, rejects_path
-from sbert_cli.io.readers import STDIN, InputSpec, detect_format
+from sbert_cli.io.inputs import detect_format, expand_input, is_glob, reads
+from sbert_cli.io.paths import Derived, directory_output_paths, file_output_paths, refuse_overlap, refuse_reading_back, rejects_path
+from sbert_cli.io.readers import STDIN, InputSpec
+from sbert_cli.io.storage import StorePath, is_url, location
 
 if TYPE_CHECKING:
     from sbert_cli.plan import BatchPlan
@@ -89,7 +91,7 @@ class OutputTarget:
 
     @property
     def shown(self) -> str:
-        return "stdout" if self.kind == "stdout" else str(Path(self.path))
+        return "stdout" if self.kind == "stdout" else str(location(self.path))
 
 
 @dataclass(frozen=True)
@@ -120,12 +122,15 @@ class EncodeJob:
 
     def __post_init__(self) -> None:
         self._check_options()
-        # Nothing sbert writes or removes may be an input: checked once, before anything is touched.
-        refuse_overlap(self.output.derived(), [self.input.path])
+        # Nothing sbert writes or removes may be an input, now or on the next run of a directory or glob input:
+        # checked once, before anything is touched.
+        inputs = [file.path for file in self.input.files] or [self.input.path]
+        refuse_overlap(self.output.derived(), inputs)
+        refuse_reading_back(self.output.derived(), self.input.path, lambda path: reads(self.input.path, path))
         if self.output.calibration is not None:
             refuse_overlap(self.output.derived(), [self.output.calibration], noun="calibration", change="-o")
         if self.cache is not None:
-            refuse_overlap(cache_paths(self.cache), [self.input.path])
+            refuse_overlap(cache_paths(self.cache), inputs)
             refuse_overlap(self.output.derived(), [self.cache], noun="cache", change="--cache")
 
     def _check_options(self) -> None:
@@ -154,46 +159,68 @@ class EncodeJob:
             raise UsageError(f"{output.path}: --with-stats needs a .parquet or .jsonl output, which have room for the columns")
 
 
-def input_spec(path: str, format: str | None, text_column: str, id_column: str | None, several_files: bool) -> InputSpec:
-    """The input to read; for several files (--engine ray) each file's format is told from its own name later."""
-    if several_files:
-        return InputSpec(path, format or "auto", text_column, id_column)
-    if path != STDIN and Path(path).is_dir():
-        # Before the format: a directory's name has no extension to tell it from, and saying so would mislead.
-        glob = Path(path) / "*.jsonl"
-        raise UsageError(f"{path}: is a directory; pass a file, or --engine ray to read every file in it (or a glob such as '{glob}')")
-    spec = InputSpec(path, detect_format(path, format), text_column, id_column)
-    if path != STDIN and not Path(path).exists():
-        raise UsageError(f"{path}: no such file; check the path")
-    return spec
+def input_spec(path: str, format: str | None, text_column: str, id_column: str | None) -> InputSpec:
+    """The input to read: stdin, or the files a path, directory, glob or s3:// URL names (listed now, once)."""
+    if path == STDIN:
+        return InputSpec(path, detect_format(path, format), text_column, id_column)
+    files, fmt = expand_input(path, format)
+    return InputSpec(path, fmt, text_column, id_column, files)
 
 
 def is_directory_output(path: str) -> bool:
     """-o names a directory when it is one, ends in a slash, or has no extension."""
+    if is_url(path):
+        return path.endswith("/") or not StorePath.parse(path).suffix
     return path != STDOUT and (Path(path).is_dir() or path.endswith(("/", os.sep)) or not Path(path).suffix)
 
 
 def output_target(output: str | None, input_path: str, dtype: str, calibration: str | None = None) -> OutputTarget:
     """Check -o and pick its kind and format: the default is <input stem>.embeddings.parquet beside the input."""
     if output is None:
-        if input_path == STDIN:
-            raise UsageError("reading stdin needs -o: a .parquet, .npy or .jsonl file, or - for JSON lines on stdout")
-        source = Path(input_path)
-        output = str(source.with_name(f"{source.stem}.embeddings.parquet"))
+        output = _default_output(input_path)
     if output == STDOUT:
         return OutputTarget(output, "stdout", "jsonl", dtype, calibration)
+    if is_url(output):
+        return _store_target(output, dtype, calibration)
     _refuse_file_in_the_way(output)
     if is_directory_output(output):
         return OutputTarget(str(Path(output)), "directory", "parquet", dtype, calibration)
     path = Path(output)
-    suffix = path.suffix.lower()
-    if suffix not in OUTPUT_FORMATS:
-        raise UsageError(f"{output}: unknown output extension '{suffix}'; use .parquet, .npy or .jsonl, or -o - for stdout")
+    suffix = _output_suffix(output)
     if not path.parent.is_dir():
         raise UsageError(f"{output}: directory '{path.parent}' does not exist; create it first")
     if not os.access(path.parent, os.W_OK):
         raise OutputError(f"{output}: directory '{path.parent}' is not writable")
     return OutputTarget(output, "file", OUTPUT_FORMATS[suffix], dtype, calibration)
+
+
+def _default_output(input_path: str) -> str:
+    """<input stem>.embeddings.parquet beside the input file, directory or prefix; a glob or stdin names no place."""
+    if input_path == STDIN:
+        raise UsageError("reading stdin needs -o: a .parquet, .npy or .jsonl file, or - for JSON lines on stdout")
+    source = location(input_path)
+    if is_glob(input_path) or not source.name:
+        raise UsageError(f"{input_path}: names many files and no place for their vectors; pass -o FILE.parquet or -o DIRECTORY/")
+    return str(source.with_name(f"{source.stem}.embeddings.parquet"))
+
+
+def _output_suffix(output: str) -> str:
+    suffix = location(output).suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise UsageError(f"{output}: unknown output extension '{suffix}'; use .parquet, .npy or .jsonl, or -o - for stdout")
+    return suffix
+
+
+def _store_target(output: str, dtype: str, calibration: str | None) -> OutputTarget:
+    """An s3:// output: its bucket must exist (a store has no folders to create; the checks of a local parent do
+    not apply), and a directory output's key must not be an object."""
+    target = StorePath.parse(output)
+    target.require_bucket()
+    if is_directory_output(output):
+        if target.is_file():
+            raise UsageError(f"{target}: is an object, not a prefix; pass a new or empty prefix ending in /, or a .parquet, .npy or .jsonl key")
+        return OutputTarget(str(target), "directory", "parquet", dtype, calibration)
+    return OutputTarget(str(target), "file", OUTPUT_FORMATS[_output_suffix(output)], dtype, calibration)
 
 
 def _refuse_file_in_the_way(output: str) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sbert_cli import encoder as encoders
@@ -64,7 +63,7 @@ def run_encode(job: EncodeJob, hooks: Hooks, extent: Extent) -> RunReport:
     options = job.model
     if job.resume and options.precision == "auto" and job.output.kind == "directory":
         # A resumed directory keeps the precision it started with, even on a machine that would pick another.
-        options = replace(options, precision=recorded_precision(DirectoryLayout(Path(job.output.path))) or "auto")
+        options = replace(options, precision=recorded_precision(DirectoryLayout.at(job.output.path)) or "auto")
     handle = encoders.open_model(options)  # looked up at each call: the tests put a fake model in its place
     cache = open_cache(job.cache)
     started = time.perf_counter()

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +11,9 @@ from typing import Any
 
 from sbert_cli.errors import SbertError, UsageError, first_line
 from sbert_cli.io.manifest import create_layout
-from sbert_cli.io.paths import DirectoryLayout
-from sbert_cli.io.readers import EXTENSIONS, InputSpec, detect_format
+from sbert_cli.io.paths import DirectoryLayout, spool_dir
+from sbert_cli.io.readers import InputSpec
+from sbert_cli.io.storage import StorePath, aws_environment, is_url, location, move
 from sbert_cli.job import EncodeJob, RayOptions
 
 
@@ -24,22 +23,6 @@ class RayResult:
     rejected: int
     shards: int
     seconds: float
-
-
-def expand_inputs(pattern: str) -> list[str]:
-    """A file, a directory (its CSV/TSV/JSONL/Parquet files) or a glob, as a sorted list of files."""
-    path = Path(pattern)
-    if path.is_file():
-        return [str(path)]
-    if path.is_dir():
-        files = sorted(str(p) for p in path.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS)
-        if not files:
-            raise UsageError(f"{pattern}: no .csv, .tsv, .jsonl or .parquet files in this directory")
-        return files
-    files = sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
-    if not files:
-        raise UsageError(f"{pattern}: no such file, directory or matching files; check the path")
-    return files
 
 
 def plan_resources(options: RayOptions, cores: int) -> int:
@@ -66,11 +49,11 @@ def read_files(batch: Any, job: EncodeJob, several: bool) -> Iterator[Any]:
     from sbert_cli.io.readers import iter_rows, split_window
     from sbert_cli.io.writers import RejectsWriter
 
-    rejects_dir = DirectoryLayout(Path(job.output.path)).rejects
-    explicit = None if job.input.format == "auto" else job.input.format
+    rejects_dir = DirectoryLayout.at(job.output.path).rejects
+    spool = spool_dir(job.output.path) if is_url(job.output.path) else None  # a store's rejects are uploaded from here
     for path in batch.column("path").to_pylist():
-        spec = InputSpec(path, detect_format(path, explicit), job.input.text_column, job.input.id_column)
-        rejects = RejectsWriter(str(rejects_dir / f"{_file_key(path)}.rejects.jsonl"))
+        spec = InputSpec(path, job.input.format, job.input.text_column, job.input.id_column)
+        rejects = RejectsWriter(str(rejects_dir / f"{_file_key(path)}.rejects.jsonl"), spool)
         try:
             for window in iter_windows(iter_rows(spec), window_rows(job)):
                 good, bad = split_window(window, job.skip_bad_rows)
@@ -78,7 +61,7 @@ def read_files(batch: Any, job: EncodeJob, several: bool) -> Iterator[Any]:
                 if not good:
                     continue
                 # Without an id column, ids are row numbers, prefixed with the file's name when there are several.
-                ids = [record.id if spec.id_column or not several else f"{Path(path).name}:{record.row}" for record in good]
+                ids = [record.id if spec.id_column or not several else f"{location(path).name}:{record.row}" for record in good]
                 yield pa.table({"id": ids, "text": [record.text for record in good]})
             rejects.finish()
         except BaseException:
@@ -97,7 +80,7 @@ def window_rows(job: EncodeJob) -> int:
 
 def _file_key(path: str) -> str:
     """A rejects file name per input: its stem plus a short hash of the full path (two folders may share stems)."""
-    return f"{Path(path).stem}-{hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:8]}"
+    return f"{location(path).stem}-{hashlib.sha256(str(location(path).resolve()).encode()).hexdigest()[:8]}"
 
 
 class EncodeBatches:
@@ -146,16 +129,12 @@ class RayPlan:
 
 
 def plan_ray_job(job: EncodeJob) -> RayPlan:
-    """Expand the input pattern and size the actor pool; every input's format is checked here, not on a worker."""
+    """The input's files (listed once, into the job) and the size of the actor pool."""
     from sbert_cli.model.device import available_cores
 
     assert job.ray is not None
-    inputs = expand_inputs(job.input.path)
-    explicit = None if job.input.format == "auto" else job.input.format
-    for path in inputs:
-        detect_format(path, explicit)
     cores = available_cores()
-    return RayPlan(tuple(inputs), plan_resources(job.ray, cores), cores)
+    return RayPlan(tuple(file.path for file in job.input.files), plan_resources(job.ray, cores), cores)
 
 
 def run_ray_job(job: EncodeJob, plan: RayPlan) -> RayResult:
@@ -167,7 +146,7 @@ def run_ray_job(job: EncodeJob, plan: RayPlan) -> RayResult:
     except ImportError:
         raise UsageError("--engine ray needs Ray: pip install 'sbert-cli[ray]'") from None
     assert job.ray is not None
-    layout = DirectoryLayout(Path(job.output.path))
+    layout = DirectoryLayout.at(job.output.path)
     create_layout(layout)
     if any(layout.data.iterdir()):
         raise UsageError(f"{layout.data}: is not empty; --engine ray writes into an empty directory")
@@ -186,12 +165,18 @@ def run_ray_job(job: EncodeJob, plan: RayPlan) -> RayResult:
     finally:
         if owns_ray:
             ray.shutdown()
+    shards = sorted(layout.data.glob("*.parquet"))  # type: ignore[type-var]
+    rows = sum(_parquet_rows(shard) for shard in shards)
+    rejected = sum(path.read_text(encoding="utf-8").count("\n") for path in layout.rejects.glob("*.rejects.jsonl"))
+    return RayResult(rows=rows, rejected=rejected, shards=len(shards), seconds=time.perf_counter() - started)
+
+
+def _parquet_rows(path: Path | StorePath) -> int:
     import pyarrow.parquet as pq
 
-    shards = sorted(layout.data.glob("*.parquet"))
-    rows = sum(pq.read_metadata(shard).num_rows for shard in shards)
-    rejected = sum(sum(1 for _ in open(path, encoding="utf-8")) for path in layout.rejects.glob("*.rejects.jsonl"))
-    return RayResult(rows=rows, rejected=rejected, shards=len(shards), seconds=time.perf_counter() - started)
+    if isinstance(path, StorePath):
+        return int(pq.ParquetFile(path.fs.open_input_file(str(path.posix))).metadata.num_rows)
+    return int(pq.read_metadata(path).num_rows)
 
 
 def _write_dataset(job: EncodeJob, plan: RayPlan, layout: DirectoryLayout) -> None:
@@ -207,8 +192,10 @@ def _write_dataset(job: EncodeJob, plan: RayPlan, layout: DirectoryLayout) -> No
     dataset = ray.data.from_items([{"path": path} for path in plan.inputs])
     # Reading stays a task of its own (its CPU share differs from the actors', so Ray does not fuse the
     # two): its blocks then spread over all actors, even when the input is one large file.
+    # Workers reach a store with the driver's AWS settings (endpoint, region, credentials), whatever started them.
+    remote = {"runtime_env": {"env_vars": environment}} if (environment := aws_environment()) else {}
     read_kwargs = {"job": job, "several": len(plan.inputs) > 1}
-    dataset = dataset.map_batches(read_files, batch_size=1, batch_format="pyarrow", fn_kwargs=read_kwargs, num_cpus=0.5)
+    dataset = dataset.map_batches(read_files, batch_size=1, batch_format="pyarrow", fn_kwargs=read_kwargs, num_cpus=0.5, **remote)
     dataset = dataset.map_batches(
         EncodeBatches,
         fn_constructor_kwargs={"job": job},
@@ -217,8 +204,18 @@ def _write_dataset(job: EncodeJob, plan: RayPlan, layout: DirectoryLayout) -> No
         compute=ray.data.ActorPoolStrategy(size=plan.workers),
         num_cpus=job.ray.cpus_per_worker,
         num_gpus=job.ray.gpus_per_worker or None,
+        **remote,
     )
-    dataset.write_parquet(str(layout.data), **_rows_per_file(dataset, job.shard_rows))
+    # Ray writes each file in place, so it writes them into a staging folder of the state folder, and each
+    # is published under its final name only once all are written: the output never holds a partial file.
+    staging = layout.state / "staging"
+    where = {"filesystem": staging.fs} if isinstance(staging, StorePath) else {}
+    target = str(staging.posix) if isinstance(staging, StorePath) else str(staging)
+    dataset.write_parquet(target, ray_remote_args=remote, **where, **_rows_per_file(dataset, job.shard_rows))
+    for written in sorted(staging.glob("*.parquet")):  # type: ignore[type-var]
+        move(written, layout.data / written.name)
+    if staging.exists():
+        staging.rmdir()
 
 
 def _rows_per_file(dataset: Any, shard_rows: int) -> dict[str, int]:

@@ -46,13 +46,11 @@ def summary_line(stats: EncodeStats, info: ModelInfo, *, where: str, rejects: st
 
 def ray_summary_line(result: RayResult, where: str) -> str:
     """One line on stderr after an --engine ray run."""
-    from pathlib import Path
-
     from sbert_cli.io.paths import DirectoryLayout
 
     parts = [f"sbert: {plural(result.rows, 'row')}"]
     if result.rejected:
-        parts.append(f"{result.rejected} rejected -> {DirectoryLayout(Path(where)).rejects}/")
+        parts.append(f"{result.rejected} rejected -> {DirectoryLayout.at(where).rejects}/")
     parts += [plural(result.shards, "shard"), f"{result.seconds:.1f} s", f"{result.rows / max(result.seconds, 1e-9):.1f} rows/s -> {where}"]
     return ", ".join(parts)
 

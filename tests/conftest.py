@@ -242,3 +242,66 @@ class SlowFakeEncoder(FakeEncoder):
 sbert_cli.encoder.open_model = lambda options: FakeHandle(SlowFakeEncoder(dim=int(os.environ.get("FAKE_DIM", "4")), record=False))
 """
 FAKE_CLI_CHILD = cli_child(FAKE_SETUP)
+
+
+# --- an S3 server on loopback (moto), talked to over HTTP by the same code a user runs ----------------------
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """moto's S3 in server mode on 127.0.0.1, once per session; each test gets buckets of its own."""
+    server_module = pytest.importorskip("moto.server", reason="the object-store tests need moto: pip install -e '.[test]'")
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+class Bucket:
+    """A fresh bucket on the test server, and plain pyarrow access to it for setting up and reading back."""
+
+    def __init__(self, endpoint: str, name: str) -> None:
+        import pyarrow.fs
+
+        self.endpoint, self.name = endpoint, name
+        scheme, host = endpoint.split("://")
+        self.fs = pyarrow.fs.S3FileSystem(endpoint_override=host, scheme=scheme, region="us-east-1", allow_bucket_creation=True)
+        self.fs.create_dir(name)
+
+    def url(self, key: str = "") -> str:
+        return f"s3://{self.name}/{key}"
+
+    def put(self, key: str, data: bytes) -> str:
+        with self.fs.open_output_stream(f"{self.name}/{key}") as stream:
+            stream.write(data)
+        return self.url(key)
+
+    def get(self, key: str) -> bytes:
+        with self.fs.open_input_stream(f"{self.name}/{key}") as stream:
+            return stream.read()
+
+    def listing(self, prefix: str = "") -> list[str]:
+        import pyarrow.fs
+
+        infos = self.fs.get_file_info(pyarrow.fs.FileSelector(f"{self.name}/{prefix}".rstrip("/"), recursive=True, allow_not_found=True))
+        return sorted(info.path[len(self.name) + 1:] for info in infos if info.type == pyarrow.fs.FileType.File)
+
+
+_buckets = iter(range(10**6))
+
+
+@pytest.fixture
+def bucket(moto_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Bucket:
+    """The environment a user sets for an S3-compatible service (children inherit it), pointing at the test
+    server; no ~/.aws of the machine's, and no instance-metadata lookups."""
+    nowhere = tmp_path_factory.mktemp("no-aws")
+    for name, value in {
+        "AWS_ENDPOINT_URL": moto_server, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true", "AWS_MAX_ATTEMPTS": "2",
+        "AWS_SHARED_CREDENTIALS_FILE": str(nowhere / "credentials"), "AWS_CONFIG_FILE": str(nowhere / "config"),
+    }.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    return Bucket(moto_server, f"test-{os.getpid()}-{next(_buckets)}")

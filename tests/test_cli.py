@@ -222,15 +222,15 @@ def test_invalid_json_says_where_on_the_line(tmp_path: Path, fake_encoder) -> No
     ]
 
 
-def test_a_directory_input_says_what_reads_one(tmp_path: Path, fake_encoder) -> None:
+def test_a_directory_input_is_read_and_one_without_data_says_what_reads_one(tmp_path: Path, fake_encoder) -> None:
     folder = tmp_path / "texts"
     folder.mkdir()
     (folder / "a.jsonl").write_text('{"text": "好"}\n', encoding="utf-8")
+    assert run("encode", folder, "-o", tmp_path / "out.parquet", "-q").exit_code == 0
+    (folder / "a.jsonl").rename(folder / "notes.txt")
     result = run("encode", folder, "-o", tmp_path / "out.parquet")
     assert result.exit_code == 2
-    assert error_of(result) == (
-        f"sbert: error: {folder}: is a directory; pass a file, or --engine ray to read every file in it (or a glob such as '{folder / '*.jsonl'}')"
-    )
+    assert error_of(result) == f"sbert: error: {folder}: holds no .csv, .tsv, .jsonl or .parquet files; check the path, or pass --format to read other names"
 
 
 @pytest.mark.parametrize(

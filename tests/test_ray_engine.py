@@ -114,3 +114,30 @@ def test_too_many_workers_for_a_local_ray(tmp_path: Path, tiny_model_dir: Path) 
     result = run("encode", source, "-o", tmp_path / "out", "--engine", "ray", "--workers", "2", "--model", tiny_model_dir)
     assert result.exit_code == 2
     assert error_of(result).startswith("sbert: error: --workers 2 x --cpus-per-worker 1 needs 3 CPUs with one for reading, and this machine has ")
+
+
+def test_from_a_store_prefix_into_a_store(local_ray, bucket, tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Ray's tasks read the objects with sbert's readers and Ray writes the shards through the same filesystem:
+    staged in the state prefix, each published under its final name only once all are written."""
+    local: dict = {}
+    for index in range(3):
+        texts = texts_for(20, f"桶{index}-")
+        lines = "".join(json.dumps({"key": f"{index}-{i}", "text": t}, ensure_ascii=False) + "\n" for i, t in enumerate(texts))
+        bucket.put(f"in/part-{index}.jsonl", lines.encode())
+        (tmp_path / f"part-{index}.jsonl").write_text(lines, encoding="utf-8")
+        out = tmp_path / f"local-{index}.parquet"
+        assert run("encode", tmp_path / f"part-{index}.jsonl", "-o", out, "--model", tiny_model_dir, "--id-column", "key", "-q").exit_code == 0
+        local.update(read_file(out))
+    bucket.put("in/_SUCCESS", b"")
+    result = run(
+        "encode", bucket.url("in/"), "-o", bucket.url("ray-out/"), "--engine", "ray", "--model", tiny_model_dir,
+        "--id-column", "key", "--chunk-size", "10", "--shard-rows", "25",
+    )
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(f"{bucket.name}/ray-out", filesystem=bucket.fs)
+    vectors = dict(zip(table.column("id").to_pylist(), np.asarray(table.column("embedding").to_pylist(), dtype=np.float32)))
+    assert len(vectors) == table.num_rows == 60
+    assert_same(vectors, local)
+    assert all(key.startswith("ray-out/") and key.endswith(".parquet") for key in bucket.listing("ray-out"))
+    assert bucket.fs.get_file_info(f"{bucket.name}/ray-out.sbert/staging").type.name == "NotFound"
+    assert "sbert: 60 rows, " in result.stderr

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -11,15 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from sbert_cli.errors import InputDataError, UsageError
+from sbert_cli.io.inputs import InputFile, describe_change, identity
 from sbert_cli.io.paths import TEMPORARY_MARK, DirectoryLayout, temporary_path
 from sbert_cli.io.readers import STDIN
-from sbert_cli.io.writers import NOTHING_WRITTEN, output_errors
+from sbert_cli.io.storage import StorePath
+from sbert_cli.io.writers import NOTHING_WRITTEN, file_digest, output_errors
 
 MANIFEST_VERSION = 2
 _SHARD_NAME = re.compile(r"part-\d{5}\.parquet")
 _FIRST_LAYOUT_FILES = ("manifest.json", ".sbert.lock")  # sbert 0.1 kept these in the directory; moved on first use
 _FIRST_LAYOUT_REJECTS = re.compile(r"part-\d{5}\.rejects\.jsonl")
-_EDGE_BYTES = 1 << 20  # the input is identified by size, mtime and a hash of its first and last MiB
 
 
 def create_layout(layout: DirectoryLayout) -> None:
@@ -27,16 +27,6 @@ def create_layout(layout: DirectoryLayout) -> None:
     with output_errors(str(layout.data)):
         for folder in (layout.data, layout.state, layout.rejects):
             folder.mkdir(parents=True, exist_ok=True)
-
-
-@dataclass(frozen=True)
-class InputIdentity:
-    """Enough to tell that a resumed run reads the same input, without hashing all of it."""
-
-    path: str
-    size: int
-    mtime_ns: int
-    edge_sha256: str
 
 
 @dataclass
@@ -50,6 +40,7 @@ class ShardEntry:
     rejected: int
     sha256: str
     rejects_file: str | None = None  # relative to the state folder
+    bytes: int | None = None  # a store's shard is checked by its size: reading it back to hash it would download it
 
 
 @dataclass
@@ -62,28 +53,16 @@ class Manifest:
     quantization: dict[str, Any] | None = None  # int8/uint8 ranges, fixed by the first shard for every later one
 
 
-def identify_input(path: str) -> InputIdentity:
-    if path == STDIN:
-        return InputIdentity(STDIN, -1, -1, "")
-    stat = os.stat(path)
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        digest.update(stream.read(_EDGE_BYTES))
-        if stat.st_size > _EDGE_BYTES:
-            stream.seek(max(_EDGE_BYTES, stat.st_size - _EDGE_BYTES))
-            digest.update(stream.read(_EDGE_BYTES))
-    return InputIdentity(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, digest.hexdigest())
+def identify_input(files: tuple[InputFile, ...]) -> dict[str, Any]:
+    """Enough to tell that a resumed run reads the same input (inputs.identity), without hashing all of it."""
+    return identity(files) if files else {"path": STDIN, "size": -1, "mtime_ns": -1, "edge_sha256": ""}
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_digest(path)[0]
 
 
-def load_manifest(path: Path) -> Manifest | None:
+def load_manifest(path: Path | StorePath) -> Manifest | None:
     if not path.exists():
         return None
     try:
@@ -101,12 +80,16 @@ def load_manifest(path: Path) -> Manifest | None:
 
 
 def save_manifest(layout: DirectoryLayout, manifest: Manifest, on_failure: str = NOTHING_WRITTEN) -> None:
-    """Atomically: a reader (or a crash) sees the old manifest or the new one, never half of one."""
-    temp = temporary_path(str(layout.manifest))
+    """Atomically: a reader (or a crash) sees the old manifest or the new one, never half of one (in a store,
+    one PUT replaces the object whole)."""
+    text = json.dumps(asdict(manifest), indent=2, ensure_ascii=False) + "\n"
     with output_errors(str(layout.manifest), on_failure):
+        if isinstance(layout.manifest, StorePath):
+            layout.manifest.write_text(text)
+            return
+        temp = temporary_path(str(layout.manifest))
         with open(temp, "w", encoding="utf-8") as stream:
-            json.dump(asdict(manifest), stream, indent=2, ensure_ascii=False)
-            stream.write("\n")
+            stream.write(text)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temp, layout.manifest)
@@ -121,7 +104,7 @@ def recorded_precision(layout: DirectoryLayout) -> str | None:
     return None
 
 
-def prepare_directory(layout: DirectoryLayout, identity: InputIdentity, options: dict[str, Any], resume: bool, overwrite: bool) -> Manifest:
+def prepare_directory(layout: DirectoryLayout, identity: dict[str, Any], options: dict[str, Any], resume: bool, overwrite: bool) -> Manifest:
     """The manifest to write under, with the lock held: a fresh one, or the earlier run's once it matches this run.
 
     A directory with nothing to keep (missing, empty, or an earlier run that finished no shard) starts a fresh
@@ -137,7 +120,7 @@ def prepare_directory(layout: DirectoryLayout, identity: InputIdentity, options:
         _remove_earlier_run(layout)
         earlier = None
     if earlier is None:
-        manifest = Manifest(input=asdict(identity), options=options)
+        manifest = Manifest(input=identity, options=options)
         save_manifest(layout, manifest)
         return manifest
     if not resume:
@@ -173,10 +156,11 @@ def refuse_foreign_files(layout: DirectoryLayout) -> None:
         raise UsageError(f"{layout.data}: holds files sbert did not write ({shown}); pass an empty or new directory to -o")
 
 
-def remove_stale_temporaries(layout: DirectoryLayout) -> list[Path]:
-    """Temporary files of a run that was killed; we hold the lock, so none belongs to a live run."""
+def remove_stale_temporaries(layout: DirectoryLayout, spool: Path | None = None) -> list[Path]:
+    """Temporary files of a run that was killed; we hold the lock, so none belongs to a live run. A store output
+    has them in its local spool folder."""
     removed = []
-    for folder in (layout.state, layout.data, layout.rejects):
+    for folder in [spool] if spool is not None else [layout.state, layout.data, layout.rejects]:
         for path in folder.glob(f".*{TEMPORARY_MARK}*"):
             path.unlink(missing_ok=True)
             removed.append(path)
@@ -192,13 +176,18 @@ def _remove_earlier_run(layout: DirectoryLayout) -> None:
         layout.manifest.unlink(missing_ok=True)
 
 
-def _check_same_run(layout: DirectoryLayout, earlier: Manifest, identity: InputIdentity, options: dict[str, Any]) -> None:
-    if identity.path == STDIN:
+def _check_same_run(layout: DirectoryLayout, earlier: Manifest, identity: dict[str, Any], options: dict[str, Any]) -> None:
+    if identity.get("path") == STDIN:
         raise UsageError("--resume needs the input as a file: stdin cannot be checked against the manifest")
-    changed = [key for key, value in asdict(identity).items() if earlier.input.get(key) != value]
-    if changed:
+    change = describe_change(earlier.input, identity)
+    if change and "files" in identity:
         raise UsageError(
-            f"{layout.data}: the input differs from the manifest's ({', '.join(changed)} changed); "
+            f"{layout.data}: the input files differ from the manifest's {change}; "
+            "resume only with the same input files, or pass --overwrite to start over with these"
+        )
+    if change:
+        raise UsageError(
+            f"{layout.data}: the input differs from the manifest's {change}; "
             "resume only with the same input file, or pass --overwrite to start over with this one"
         )
     differing = sorted(key for key in set(options) | set(earlier.options) if options.get(key) != earlier.options.get(key))
@@ -209,7 +198,10 @@ def _check_same_run(layout: DirectoryLayout, earlier: Manifest, identity: InputI
 
 def _shard_is_intact(layout: DirectoryLayout, entry: ShardEntry) -> bool:
     path = layout.data / entry.file
-    if not path.is_file() or file_sha256(path) != entry.sha256:
+    if isinstance(path, StorePath):
+        if entry.bytes is None or path.info().size != entry.bytes:  # a store object is whole or absent, never torn
+            return False
+    elif not path.is_file() or file_sha256(path) != entry.sha256:
         return False
     return entry.rejects_file is None or (layout.state / entry.rejects_file).is_file()
 

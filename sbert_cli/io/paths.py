@@ -8,31 +8,45 @@ lock, a directory's shards and its state folder. Each is named here, once, and c
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import os
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from sbert_cli.errors import UsageError
 from sbert_cli.io.rows import STDIN
+from sbert_cli.io.storage import StorePath, is_url, location
 
 TEMPORARY_MARK = ".sbert-tmp-"
 
 
 def temporary_path(path: str, directory: Path | None = None) -> str:
-    """A hidden name beside the target (or in `directory`, on the same filesystem), so the final rename is atomic."""
-    target = Path(path)
-    return str((directory or target.parent) / f".{target.name}{TEMPORARY_MARK}{os.getpid()}")
+    """A hidden name beside the target (or in `directory`, on the same filesystem), so the final rename is atomic.
+    A store's output is written in its local spool folder first (`directory`), then uploaded."""
+    target = location(path)
+    folder = directory or (spool_dir(path) if is_url(path) else target.parent)
+    return str(Path(folder) / f".{target.name}{TEMPORARY_MARK}{os.getpid()}")
 
 
-def temporary_pattern(path: Path) -> str:
+def spool_dir(output: str) -> Path:
+    """Where a store output's files are written before their upload (made when missing): a local folder per
+    output, so the next run on that output (holding its lease) knows what a killed run left there."""
+    digest = hashlib.sha256(str(location(output)).encode()).hexdigest()[:16]
+    folder = Path(tempfile.gettempdir()) / f"sbert-spool-{digest}"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def temporary_pattern(path: Path | StorePath) -> str:
     """The glob of every run's temporary files for `path` (in its folder): what a later run may remove."""
     return f".{path.name}{TEMPORARY_MARK}*"
 
 
 def ids_path(path: str) -> str:
     """The .npy sidecar holding ids, one JSON value a line: vectors.npy -> vectors.ids.jsonl."""
-    return str(Path(path).with_suffix(".ids.jsonl"))
+    return str(location(path).with_suffix(".ids.jsonl"))
 
 
 def quantization_path(path: str) -> str:
@@ -42,12 +56,12 @@ def quantization_path(path: str) -> str:
 
 def rejects_path(path: str) -> str:
     """out.parquet -> out.rejects.jsonl (a directory keeps its rejects in its state folder)."""
-    return str(Path(path).with_suffix(".rejects.jsonl"))
+    return str(location(path).with_suffix(".rejects.jsonl"))
 
 
-def file_lock_path(path: str) -> Path:
-    """The lock beside a single output file: out.parquet -> .out.parquet.sbert.lock."""
-    target = Path(path)
+def file_lock_path(path: str) -> Path | StorePath:
+    """The lock beside a single output file: out.parquet -> .out.parquet.sbert.lock (in a store: its lease)."""
+    target = location(path)
     return target.with_name(f".{target.name}.sbert.lock")
 
 
@@ -56,28 +70,32 @@ class DirectoryLayout:
     """OUT/ holds Parquet shards and nothing else, so every dataset reader takes it whole; the manifest,
     rejects, lock and temporary files live in the sibling folder OUT.sbert/, where no reader looks."""
 
-    data: Path
+    data: Path | StorePath
+
+    @classmethod
+    def at(cls, path: str) -> DirectoryLayout:
+        return cls(location(path))
 
     @property
-    def state(self) -> Path:
+    def state(self) -> Path | StorePath:
         return self.data.with_name(self.data.name + ".sbert")
 
     @property
-    def manifest(self) -> Path:
+    def manifest(self) -> Path | StorePath:
         return self.state / "manifest.json"
 
     @property
-    def rejects(self) -> Path:
+    def rejects(self) -> Path | StorePath:
         return self.state / "rejects"
 
     @property
-    def lock(self) -> Path:
+    def lock(self) -> Path | StorePath:
         return self.state / "lock"
 
-    def shard(self, index: int) -> Path:
+    def shard(self, index: int) -> Path | StorePath:
         return self.data / f"part-{index:05d}.parquet"
 
-    def shard_rejects(self, index: int) -> Path:
+    def shard_rejects(self, index: int) -> Path | StorePath:
         return self.rejects / f"part-{index:05d}.rejects.jsonl"
 
 
@@ -105,7 +123,7 @@ def file_output_paths(path: str, format: str) -> Derived:
 
 
 def directory_output_paths(path: str) -> Derived:
-    layout = DirectoryLayout(Path(path))
+    layout = DirectoryLayout.at(path)
     return Derived("-o", (), (str(layout.data), str(layout.state)))
 
 
@@ -116,9 +134,9 @@ def refuse_overlap(derived: Derived, paths: Iterable[str], noun: str = "input", 
     for name in paths:
         if name == STDIN:
             continue
-        real = Path(name).resolve()
+        real = location(name).resolve()
         for index, (role, path) in enumerate(derived.files):
-            target, main = Path(path).resolve(), derived.files[0][1]
+            target, main = location(path).resolve(), derived.files[0][1]
             if real == target and index == 0:
                 raise UsageError(f"{path}: is the {noun} file; pass another {change}")
             if real == target:
@@ -126,17 +144,34 @@ def refuse_overlap(derived: Derived, paths: Iterable[str], noun: str = "input", 
             if real.parent == target.parent and fnmatch.fnmatchcase(real.name, temporary_pattern(target)):
                 raise UsageError(f"{name}: is the {noun}, named like a temporary file of {derived.owner} {main}, which sbert removes; rename it")
         for folder in derived.folders:
-            if real.is_relative_to(Path(folder).resolve()):
+            place = location(folder).resolve()
+            if isinstance(real, type(place)) and real.is_relative_to(place):  # a local path is never inside a bucket
                 where = f"{derived.owner} {derived.folders[0]}"
                 raise UsageError(f"{name}: is inside {folder}, where sbert writes and removes files for {where}; pass another {change}")
 
 
+# What a directory output writes inside its folders, as the files a directory or glob input would take.
+_FOLDER_SAMPLES = (("shards", "part-00000.parquet"), ("rejects", "rejects/part-00000.rejects.jsonl"))
+
+
+def refuse_reading_back(derived: Derived, pattern: str, reads: Callable[[str], bool]) -> None:
+    """One line when INPUT (a directory, prefix or glob) would read, on the next run, a file this output writes."""
+    main = derived.files[0][1] if derived.files else (derived.folders[0] if derived.folders else "")
+    samples = [*derived.files, *((role, f"{folder}/{name}") for folder in derived.folders for role, name in _FOLDER_SAMPLES)]
+    for role, path in samples:
+        if reads(path):
+            written = "" if path == main else f", and {derived.owner} {main} writes it as its {role}"
+            raise UsageError(f"{path}: is inside the input {pattern}, which would read it on the next run{written}; pass another {derived.owner} outside the input")
+
+
 def remove_leftovers(outputs: Iterable[str]) -> list[Path]:
-    """Remove every run's temporary files for these outputs; call it only with the outputs' lock held."""
+    """Remove every run's temporary files for these outputs (beside them, or in a store output's spool); call it
+    only with the outputs' lock or lease held."""
     removed = []
     for output in outputs:
-        target = Path(output)
-        for path in sorted(target.parent.glob(temporary_pattern(target))):
+        target = location(output)
+        folder = spool_dir(output) if is_url(output) else target.parent
+        for path in sorted(Path(folder).glob(temporary_pattern(target))):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed

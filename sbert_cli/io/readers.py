@@ -1,7 +1,7 @@
-"""Every file the tool reads: CSV, TSV, JSONL and Parquet, from a file or stdin, streamed as numbered rows.
+"""Every file the tool reads: CSV, TSV, JSONL and Parquet, from a file, an object store or stdin, streamed as numbered rows.
 
-The formats each have a module (delimited, jsonl, parquet_rows) speaking the vocabulary of rows.py; this
-module opens the input, picks the format and turns fields into records.
+The formats each have a module (delimited, jsonl, parquet_rows) speaking the vocabulary of rows.py; inputs.py finds
+the files an INPUT names; this module opens them, picks the format and turns fields into records.
 """
 
 from __future__ import annotations
@@ -13,39 +13,33 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, Any, Literal, get_args
+from dataclasses import dataclass, replace
+from typing import IO, Any
 
 from sbert_cli.errors import InputDataError, UsageError
 from sbert_cli.io.delimited import delimited_fields
+from sbert_cli.io.inputs import EXTENSIONS, FORMATS, InputFile, InputFormat, chain_files, detect_format
 from sbert_cli.io.jsonl import jsonl_fields
 from sbert_cli.io.parquet_rows import parquet_fields
 from sbert_cli.io.rows import BOM, MISSING, STDIN, BadRow, Extent, Fields, Record, TableSpec, json_type
+from sbert_cli.io.storage import StorePath, is_url, open_input, store_error
 
-__all__ = ["MISSING", "STDIN", "BadRow", "Extent", "Record", "TableSpec", "InputSpec", "iter_rows", "iter_fields", "split_window"]
-
-InputFormat = Literal["csv", "tsv", "jsonl", "parquet"]
-FORMATS: tuple[str, ...] = get_args(InputFormat)
-EXTENSIONS = {
-    ".csv": "csv",
-    ".tsv": "tsv",
-    ".tab": "tsv",
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-}
+__all__ = [
+    "EXTENSIONS", "FORMATS", "MISSING", "STDIN", "BadRow", "Extent", "InputFormat", "Record", "TableSpec", "InputSpec",
+    "detect_format", "iter_rows", "iter_fields", "split_window",
+]
 
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What `encode` reads: a path (or '-' for stdin), its format and which columns hold text and id."""
+    """What `encode` reads: INPUT as given (or '-' for stdin), its files and their one format, and which columns
+    hold text and id. Without `files`, `path` is the one file."""
 
     path: str
     format: str
     text_column: str = "text"
     id_column: str | None = None
+    files: tuple[InputFile, ...] = ()
 
     @property
     def name(self) -> str:
@@ -58,18 +52,6 @@ class InputSpec:
             self.path, self.format, columns, ("--text-column NAME", "--id-column NAME"), self.id_column,
             string_columns=(self.text_column,),
         )
-
-
-def detect_format(path: str, explicit: str | None) -> str:
-    """The input format: --format if given (one of FORMATS, which the CLI offers), else the file extension; stdin is sniffed later."""
-    if explicit is not None:
-        return explicit
-    if path == STDIN:
-        return "auto"
-    suffix = Path(path).suffix.lower()
-    if suffix in EXTENSIONS:
-        return EXTENSIONS[suffix]
-    raise UsageError(f"{path}: cannot tell the format from the extension '{suffix}'; pass --format {'|'.join(FORMATS)}")
 
 
 def sniff_format(head: bytes) -> str:
@@ -89,7 +71,7 @@ def iter_rows(spec: InputSpec, extent: Extent | None = None) -> Iterator[Record 
     Ids are all strings or all integers, as the first good row's: the output's id column has one type.
     """
     id_kind: str | None = None
-    for item in iter_fields(spec.table, extent):
+    for item in _input_fields(spec, extent or Extent()):
         if isinstance(item, BadRow):
             yield item
             continue
@@ -113,6 +95,14 @@ def iter_rows(spec: InputSpec, extent: Extent | None = None) -> Iterator[Record 
         yield Record(item.row, record_id, text)
 
 
+def _input_fields(spec: InputSpec, extent: Extent) -> Iterator[Fields | BadRow]:
+    """The fields of INPUT's files, one after the other, rows numbered on across them."""
+    if not spec.files:
+        return iter_fields(spec.table, extent)
+    table = spec.table
+    return chain_files(spec.files, lambda file, inner: iter_fields(replace(table, path=file.path), inner), extent, spec.id_column is None)
+
+
 def split_window(window: list[Record | BadRow], skip_bad_rows: bool) -> tuple[list[Record], list[BadRow]]:
     """A window's good rows and bad rows; a bad row raises InputDataError unless they are being skipped."""
     records = [item for item in window if isinstance(item, Record)]
@@ -125,12 +115,18 @@ def split_window(window: list[Record | BadRow], skip_bad_rows: bool) -> tuple[li
 def iter_fields(table: TableSpec, extent: Extent | None = None) -> Iterator[Fields | BadRow]:
     """The requested columns of every data row, or a BadRow for a row that cannot be read."""
     with _open_binary(table, extent or Extent()) as (stream, fmt, extent):
-        if fmt == "parquet":
-            yield from parquet_fields(table, stream, extent)
-        elif fmt == "jsonl":
-            yield from jsonl_fields(table, stream)
-        else:
-            yield from delimited_fields(table, stream, "\t" if fmt == "tsv" else ",")
+        try:
+            if fmt == "parquet":
+                yield from parquet_fields(table, stream, extent)
+            elif fmt == "jsonl":
+                yield from jsonl_fields(table, stream)
+            else:
+                yield from delimited_fields(table, stream, "\t" if fmt == "tsv" else ",")
+        except OSError as exc:  # a store's connection lost mid-file: one line, not a traceback
+            error = store_error(exc, table.path, InputDataError)
+            if error is None:
+                raise
+            raise error from None
 
 
 @contextmanager
@@ -138,6 +134,12 @@ def _open_binary(table: TableSpec, extent: Extent) -> Iterator[tuple[IO[bytes], 
     if table.path == STDIN:
         with _open_stdin(table.format) as (stream, fmt):
             yield stream, fmt, extent
+        return
+    if is_url(table.path):
+        source = StorePath.parse(table.path)
+        with open_input(source, random_access=table.format == "parquet") as stream:
+            extent.total, extent.unit, extent.position = source.info().size, "bytes", stream.tell
+            yield stream, table.format, extent
         return
     if os.path.isdir(table.path):
         raise UsageError(f"{table.path}: is a directory; pass a CSV, TSV, JSONL or Parquet file")

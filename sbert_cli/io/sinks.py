@@ -11,20 +11,21 @@ from typing import Any, Protocol
 import numpy as np
 
 from sbert_cli.io.compact import VectorForm
+from sbert_cli.io.lease import output_lease
 from sbert_cli.io.lock import output_lock
 from sbert_cli.io.manifest import (
     Manifest,
     ShardEntry,
     create_layout,
-    file_sha256,
     identify_input,
     prepare_directory,
     refuse_foreign_files,
     remove_stale_temporaries,
     save_manifest,
 )
-from sbert_cli.io.paths import DirectoryLayout, file_lock_path, remove_leftovers
+from sbert_cli.io.paths import DirectoryLayout, file_lock_path, remove_leftovers, spool_dir
 from sbert_cli.io.readers import BadRow, Record
+from sbert_cli.io.storage import StorePath, location
 from sbert_cli.io.writers import NOTHING_WRITTEN, WRITERS, EmbeddingWriter, ParquetWriter, RejectsWriter, WriterSpec
 from sbert_cli.job import EncodeJob
 from sbert_cli.model.description import ModelInfo
@@ -91,7 +92,8 @@ def open_sink(job: EncodeJob, info: ModelInfo, notice: Callable[[str], None]) ->
     """The job's sink, with its output locked against a second run; on any failure the sink is aborted.
 
     With the lock held, temporary files of an earlier run on the same output are the leftovers of a run that
-    was killed (a live one would hold the lock): they are removed, and `notice` is told once.
+    was killed (a live one would hold the lock): they are removed, and `notice` is told once. An output in an
+    object store is written in a local spool folder and uploaded, guarded by a lease instead of a lock.
     """
     output = job.output
     stats_length = info.max_length if job.with_stats else None
@@ -101,17 +103,46 @@ def open_sink(job: EncodeJob, info: ModelInfo, notice: Callable[[str], None]) ->
         yield from _guarded(FileSink(replace(spec, on_failure="the output stopped there"), output.format, None))
         return
     if output.kind == "file":
-        with output_lock(file_lock_path(output.path), output.path, remove=True):
+        with _one_run(file_lock_path(output.path), output.path, True, notice) as check, _spool(output.path) as temp_dir:
             _tell_removed(remove_leftovers(path for role, path in output.derived().files if role != "lock file"), notice)
-            yield from _guarded(FileSink(spec, output.format, RejectsWriter(output.rejects_path)))
+            sink = FileSink(replace(spec, temp_dir=temp_dir), output.format, RejectsWriter(output.rejects_path, temp_dir), check)
+            yield from _guarded(sink)
         return
-    layout = DirectoryLayout(Path(output.path))
+    layout = DirectoryLayout.at(output.path)
     refuse_foreign_files(layout)
     create_layout(layout)
-    with output_lock(layout.lock, str(layout.data), remove=False):
-        _tell_removed(remove_stale_temporaries(layout), notice)
-        manifest = prepare_directory(layout, identify_input(job.input.path), run_options(job, info), job.resume, job.overwrite)
-        yield from _guarded(ShardedSink(layout, manifest, job.shard_rows, replace(spec, temp_dir=layout.state)))
+    with _one_run(layout.lock, str(layout.data), False, notice) as check, _spool(output.path) as spool:
+        _tell_removed(remove_stale_temporaries(layout, spool), notice)
+        manifest = prepare_directory(layout, identify_input(job.input.files), run_options(job, info), job.resume, job.overwrite)
+        temp_dir = spool or Path(layout.state)
+        yield from _guarded(ShardedSink(layout, manifest, job.shard_rows, replace(spec, temp_dir=temp_dir, checksum=True), check))
+
+
+@contextmanager
+def _one_run(lock: Path | StorePath, target: str, remove: bool, notice: Callable[[str], None]) -> Iterator[Callable[[], None]]:
+    """The kernel's flock on a disk; a lease in an object store. Yields the check made before each publication."""
+    if isinstance(lock, StorePath):
+        with output_lease(lock, target, notice) as lease:
+            yield lease.check
+    else:
+        with output_lock(lock, target, remove=remove):
+            yield lambda: None
+
+
+@contextmanager
+def _spool(output: str) -> Iterator[Path | None]:
+    """A store output's local spool folder for the run (None for a local output, whose temporaries sit beside it)."""
+    if not isinstance(location(output), StorePath):
+        yield None
+        return
+    folder = spool_dir(output)
+    try:
+        yield folder
+    finally:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass  # not empty: a file it still holds is removed by the next run on this output
 
 
 def _tell_removed(paths: list[Path], notice: Callable[[str], None]) -> None:
@@ -134,10 +165,11 @@ class FileSink:
     done: frozenset[int] = frozenset()
     complete = False
 
-    def __init__(self, spec: WriterSpec, format: str, rejects: RejectsWriter | None) -> None:
+    def __init__(self, spec: WriterSpec, format: str, rejects: RejectsWriter | None, check: Callable[[], None] = lambda: None) -> None:
         self.writer: EmbeddingWriter = WRITERS[format](spec)
         self.rejects = rejects
         self.rejects_shown = rejects.path if rejects is not None else ""
+        self.check = check
 
     def shard_of(self, row: int) -> int:
         return 0
@@ -158,6 +190,7 @@ class FileSink:
             self.rejects.add(rows)
 
     def finish(self) -> None:
+        self.check()
         self.writer.finish()
         if self.rejects is not None:
             self.rejects.finish()
@@ -171,8 +204,9 @@ class FileSink:
 class ShardedSink:
     """Writes each shard under a temporary name, renames it into place when complete, then records it in the manifest."""
 
-    def __init__(self, layout: DirectoryLayout, manifest: Manifest, shard_rows: int, spec: WriterSpec) -> None:
+    def __init__(self, layout: DirectoryLayout, manifest: Manifest, shard_rows: int, spec: WriterSpec, check: Callable[[], None]) -> None:
         self.layout = layout
+        self.check = check
         self.manifest = manifest
         self.shard_rows = shard_rows
         self.spec = spec
@@ -194,7 +228,7 @@ class ShardedSink:
         self._rows_seen = 0
         on_failure = self._on_failure()
         self._writer = ParquetWriter(replace(self.spec, path=str(self.layout.shard(index)), on_failure=on_failure))
-        self._rejects = RejectsWriter(str(self.layout.shard_rejects(index)), self.layout.state, on_failure)
+        self._rejects = RejectsWriter(str(self.layout.shard_rejects(index)), self.spec.temp_dir, on_failure)
 
     def _on_failure(self) -> str:
         """What a failed write leaves: the shards finished so far stay, and --resume goes on from them."""
@@ -215,12 +249,15 @@ class ShardedSink:
 
     def finish_shard(self) -> None:
         assert self._writer is not None and self._rejects is not None and self._index is not None
+        self.check()
         self._writer.finish()
         self._rejects.finish()
-        path = Path(self._writer.spec.path)
+        assert self._writer.digest is not None
+        sha256, size = self._writer.digest
         first = self._index * self.shard_rows
-        rejects_file = str(Path(self._rejects.path).relative_to(self.layout.state)) if self._rejects.count else None
-        entry = ShardEntry(path.name, first, first + self._rows_seen, self._writer.rows, self._rejects.count, file_sha256(path), rejects_file)
+        rejects_file = str(location(self._rejects.path).relative_to(self.layout.state)) if self._rejects.count else None  # type: ignore[arg-type]
+        name = location(self._writer.spec.path).name
+        entry = ShardEntry(name, first, first + self._rows_seen, self._writer.rows, self._rejects.count, sha256, rejects_file, size)
         on_failure = self._on_failure()
         self.manifest.shards = sorted([*self.manifest.shards, entry], key=lambda shard: shard.first_row)
         self.manifest.quantization = self._writer.form.record()

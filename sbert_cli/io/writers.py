@@ -1,7 +1,9 @@
-"""Vectors -> files: Parquet, .npy (+ ids sidecar), JSON lines and rejects, each under a temporary name until it is complete."""
+"""Vectors -> files: Parquet, .npy (+ ids sidecar), JSON lines and rejects, each under a temporary name until it is
+complete, then renamed into place (or, for an object store, uploaded from the local spool)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -17,6 +19,7 @@ from sbert_cli.errors import InputDataError, OutputError
 from sbert_cli.io.compact import VectorForm
 from sbert_cli.io.paths import ids_path, quantization_path, temporary_path
 from sbert_cli.io.pipe import confirm_delivered
+from sbert_cli.io.storage import location, publish, store_error
 from sbert_cli.job import STDOUT
 
 _NPY_HEADER_BYTES = 128  # room for any [rows, dim] shape; rewritten with the real row count at the end
@@ -39,9 +42,10 @@ class WriterSpec:
     metadata: dict[str, str]
     dtype: str = "float32"
     stats_max_length: int | None = None
-    temp_dir: Path | None = None  # default: beside the file
+    temp_dir: Path | None = None  # default: beside the file (a store output's: its local spool)
     on_failure: str = NOTHING_WRITTEN  # what a failed write leaves, for its error line
     form: VectorForm | None = None
+    checksum: bool = False  # note the SHA-256 and size of the file before it is published (a shard's manifest entry)
 
 
 class EmbeddingWriter:
@@ -53,6 +57,7 @@ class EmbeddingWriter:
         self.form = spec.form if spec.form is not None else VectorForm(spec.dtype)
         self.dtype = self.form.numpy_dtype
         self.width = self.form.width(spec.dim)  # stored values a row
+        self.digest: tuple[str, int] | None = None  # with spec.checksum: (SHA-256, bytes) of the published file
         self._renames: list[tuple[str, str]] = []
 
     def write(self, ids: list[Any], vectors: np.ndarray, n_tokens: list[int] | None = None) -> None:
@@ -77,8 +82,10 @@ class EmbeddingWriter:
     def finish(self) -> None:
         with output_errors(self.spec.path, self.spec.on_failure):
             self._close()
+            if self.spec.checksum:
+                self.digest = file_digest(next(temp for temp, final in self._renames if final == self.spec.path))
             for temp, final in self._renames:
-                os.replace(temp, final)
+                publish(temp, final)
         self._renames = []
 
     def abort(self) -> None:
@@ -133,6 +140,16 @@ class ParquetWriter(EmbeddingWriter):
                 fields += [("n_tokens", pa.int32()), ("truncated", pa.bool_())]
             self._writer = pq.ParquetWriter(self._temp, pa.schema(fields, metadata=self.spec.metadata))
         self._writer.close()
+
+
+def file_digest(path: str | Path) -> tuple[str, int]:
+    """SHA-256 and size of a local file."""
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
 
 
 def embedding_array(vectors: np.ndarray, dtype: Any) -> Any:
@@ -239,6 +256,9 @@ def output_errors(path: str, outcome: str = NOTHING_WRITTEN) -> Iterator[None]:
     except BrokenPipeError:
         raise  # the reader of stdout went away: the CLI exits 141
     except OSError as exc:
+        error = store_error(exc, path, OutputError)
+        if error is not None:
+            raise type(error)(f"{error}; {outcome}") from None
         raise OutputError(f"{path}: cannot write ({exc.strerror or exc}); {outcome}") from None
 
 
@@ -268,9 +288,9 @@ class RejectsWriter:
         with output_errors(self.path, self.on_failure):
             if self._stream is not None:
                 self._stream.close()
-                os.replace(self._temp, self.path)
-            elif os.path.exists(self.path):
-                os.remove(self.path)
+                publish(self._temp, self.path)
+            elif (earlier := location(self.path)).exists():
+                earlier.unlink()
 
     def abort(self) -> None:
         if self._stream is not None:

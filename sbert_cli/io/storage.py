@@ -1,0 +1,324 @@
+"""Object stores: an s3:// URL as a path, the S3 filesystem behind it, and a failed request as one line.
+
+A `StorePath` answers the few pathlib calls sbert's outputs make (exists, iterdir, glob, read_text, unlink, ...)
+over pyarrow's own S3 filesystem, so a directory output's manifest and shards are handled by the same code on a
+disk and in a bucket. Credentials and region come from the standard AWS chain (environment, ~/.aws, an instance
+role); `AWS_ENDPOINT_URL` (or `AWS_ENDPOINT_URL_S3`) points it at an S3-compatible service (MinIO, Alibaba OSS).
+Nothing here imports pyarrow.fs until a URL is actually used: `sbert --help` stays light.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+from sbert_cli.errors import InputDataError, OutputError, SbertError, UsageError
+
+SCHEME = "s3://"
+READ_BUFFER = 4 << 20  # bytes a text input is read ahead: one ranged GET per 4 MiB, not per line
+DEFAULT_ATTEMPTS = 3  # AWS_MAX_ATTEMPTS overrides it, as in every AWS SDK
+CONNECT_TIMEOUT = 5.0  # seconds to open a connection
+REQUEST_TIMEOUT = 30.0  # seconds a request may go without receiving a byte
+NO_CREDENTIALS = (
+    "no AWS credentials found (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws/credentials or an "
+    "instance role); set them, e.g. export AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=..."
+)
+
+
+def is_url(path: str) -> bool:
+    return path[: len(SCHEME)].lower() == SCHEME
+
+
+def location(path: str) -> Path | StorePath:
+    """A local path or an object-store path, answering the same pathlib calls."""
+    return StorePath.parse(path) if is_url(path) else Path(path)
+
+
+@dataclass(frozen=True, order=True)
+class StorePath:
+    """`s3://bucket/key` as a path: pure path arithmetic on `bucket/key`, and the pathlib calls outputs make."""
+
+    posix: PurePosixPath  # bucket/key, the form pyarrow's S3 filesystem takes
+
+    @classmethod
+    def parse(cls, url: str) -> StorePath:
+        rest = url[len(SCHEME):].strip("/")
+        if not rest:
+            raise UsageError(f"{url}: names no bucket; write s3://BUCKET/KEY")
+        return cls(PurePosixPath(rest))
+
+    def __str__(self) -> str:
+        return SCHEME + str(self.posix)
+
+    def __truediv__(self, name: str) -> StorePath:
+        return StorePath(self.posix / name)
+
+    bucket = property(lambda self: self.posix.parts[0])
+    key = property(lambda self: "/".join(self.posix.parts[1:]))
+    name = property(lambda self: self.posix.name if self.key else "")
+    stem = property(lambda self: self.posix.stem if self.key else "")
+    suffix = property(lambda self: self.posix.suffix if self.key else "")
+    parent = property(lambda self: StorePath(self.posix.parent) if self.key else self)
+
+    def with_name(self, name: str) -> StorePath:
+        return StorePath(self.posix.with_name(name))
+
+    def with_suffix(self, suffix: str) -> StorePath:
+        return StorePath(self.posix.with_suffix(suffix))
+
+    def relative_to(self, other: StorePath) -> PurePosixPath:
+        return self.posix.relative_to(other.posix)
+
+    def is_relative_to(self, other: object) -> bool:
+        return isinstance(other, StorePath) and self.posix.is_relative_to(other.posix)
+
+    def resolve(self) -> StorePath:
+        return self
+
+    def require_bucket(self) -> None:
+        if not StorePath(PurePosixPath(self.bucket)).is_dir():
+            raise missing_bucket(str(self), self.bucket)
+
+    @property
+    def fs(self) -> Any:
+        return filesystem(self.bucket, str(self))
+
+    def info(self) -> Any:
+        with store_errors(str(self), InputDataError):
+            return self.fs.get_file_info(str(self.posix))
+
+    def exists(self) -> bool:
+        return self.info().type.name != "NotFound"
+
+    def is_file(self) -> bool:
+        return self.info().type.name == "File"
+
+    def is_dir(self) -> bool:
+        """A prefix holding objects (S3 has no folders); the bucket itself when the key is empty."""
+        return self.info().type.name == "Directory"
+
+    def iterdir(self) -> Iterator[StorePath]:
+        from pyarrow.fs import FileSelector
+
+        with store_errors(str(self), InputDataError):
+            infos = self.fs.get_file_info(FileSelector(str(self.posix), recursive=False, allow_not_found=True))
+        return iter(sorted(StorePath(PurePosixPath(info.path)) for info in infos))
+
+    def glob(self, pattern: str) -> Iterator[StorePath]:
+        """Direct children whose name matches `pattern` (no '/' in it)."""
+        import fnmatch
+
+        return (child for child in self.iterdir() if fnmatch.fnmatchcase(child.name, pattern))
+
+    def read_text(self, encoding: str = "utf-8") -> str:
+        with store_errors(str(self), InputDataError), self.fs.open_input_stream(str(self.posix), compression=None) as stream:
+            return stream.read().decode(encoding)
+
+    def write_text(self, text: str, encoding: str = "utf-8") -> None:
+        """One PUT: the object appears whole, or not at all (all bytes are handed over in one write)."""
+        with store_errors(str(self), OutputError), self.fs.open_output_stream(str(self.posix), compression=None) as stream:
+            stream.write(text.encode(encoding))
+
+    def unlink(self, missing_ok: bool = False) -> None:
+        with store_errors(str(self), OutputError):
+            try:
+                self.fs.delete_file(str(self.posix))
+            except FileNotFoundError:
+                if not missing_ok:
+                    raise
+
+    def rmdir(self) -> None:
+        """The prefix and the folder marker a writer (Ray) may have made for it."""
+        with store_errors(str(self), OutputError):
+            self.fs.delete_dir(str(self.posix))
+
+    def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
+        """Nothing to make: a prefix exists once an object is under it (and a marker object would show in listings)."""
+
+
+class _Counted(io.RawIOBase):
+    """A pyarrow input stream as a raw file that knows how far it has read (its tell(), for the progress bar)."""
+
+    def __init__(self, native: Any) -> None:
+        super().__init__()
+        self._native = native
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        count = int(self._native.readinto(buffer))
+        self._position += count
+        return count
+
+    def tell(self) -> int:
+        return self._position
+
+    def close(self) -> None:
+        self._native.close()
+        super().close()
+
+
+def open_input(path: StorePath, random_access: bool) -> IO[bytes]:
+    """A Parquet file needs random access (its footer first); text is read as one stream, 4 MiB ahead."""
+    with store_errors(str(path), InputDataError):
+        if random_access:
+            return path.fs.open_input_file(str(path.posix))  # type: ignore[no-any-return]
+        return io.BufferedReader(_Counted(path.fs.open_input_stream(str(path.posix), compression=None)), READ_BUFFER)
+
+
+def upload(local: str, target: StorePath) -> None:
+    """Copy a finished local file to `target` in one call into Arrow's C++ (no Python code runs in between, so no
+    exception can interrupt it half-way): S3 creates the object only with the upload's last request, once every
+    byte is sent. A run killed before that leaves nothing under the name. Its OSError is the caller's to turn into
+    a line that also says what the run kept (writers.output_errors).
+
+    One case escapes S3's rule: should reading the local file fail mid-copy, Arrow's stream completes the upload
+    with what it sent when it is destroyed. The sizes tell that object apart (one HEAD before and after), and it
+    is removed at once."""
+    from pyarrow.fs import LocalFileSystem, copy_files
+
+    size, before = os.path.getsize(local), target.info().size
+    try:
+        copy_files(local, str(target.posix), source_filesystem=LocalFileSystem(), destination_filesystem=target.fs)
+    except OSError:
+        if target.info().size not in (None, before, size):
+            target.unlink(missing_ok=True)
+        raise
+    if target.info().size != size:
+        target.unlink(missing_ok=True)
+        raise OutputError(f"{target}: the uploaded object's size differs from the file sent; nothing was kept")
+
+
+def publish(temporary: str, final: str) -> None:
+    """Make a finished temporary file the output: a rename on the same disk, an upload to a store."""
+    if is_url(final):
+        upload(temporary, StorePath.parse(final))
+        os.remove(temporary)
+    else:
+        os.replace(temporary, final)
+
+
+def move(source: Path | StorePath, target: Path | StorePath) -> None:
+    """A finished file to its final name: a rename on a disk; in a store, one server-side copy (the object appears
+    whole) and the source's removal."""
+    if isinstance(source, StorePath) and isinstance(target, StorePath):
+        with store_errors(str(target), OutputError):
+            source.fs.move(str(source.posix), str(target.posix))
+    else:
+        os.replace(source, target)  # type: ignore[arg-type]
+
+
+def aws_environment() -> dict[str, str]:
+    """The AWS settings of this process's environment, for workers started elsewhere (Ray)."""
+    return {name: value for name, value in os.environ.items() if name.startswith("AWS_")}
+
+
+def endpoint_url() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def filesystem(bucket: str, shown: str) -> Any:
+    """The S3 filesystem for a bucket, configured from the environment as it is now (tests change it). With no
+    credentials anywhere the chain looks without the network, and the instance role switched off, nothing can sign."""
+    if not _credentials_visible() and os.environ.get("AWS_EC2_METADATA_DISABLED", "").lower() == "true":
+        raise UsageError(f"{shown}: {NO_CREDENTIALS}")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
+    return _filesystem(bucket, endpoint_url(), region, _attempts(), os.environ.get("AWS_ACCESS_KEY_ID"), _virtual_hosting())
+
+
+def _virtual_hosting() -> bool:
+    """bucket.host/key instead of host/bucket/key: what Alibaba OSS requires (detected from its endpoint), or
+    SBERT_S3_ADDRESSING=virtual for another service that does; AWS itself chooses on its own."""
+    style = os.environ.get("SBERT_S3_ADDRESSING", "").lower()
+    return style == "virtual" or (not style and (endpoint_url() or "").rstrip("/").endswith(".aliyuncs.com"))
+
+
+def _attempts() -> int:
+    value = os.environ.get("AWS_MAX_ATTEMPTS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else DEFAULT_ATTEMPTS
+
+
+@functools.lru_cache(maxsize=16)
+def _filesystem(bucket: str, endpoint: str | None, region: str | None, attempts: int, key_id: str | None, virtual: bool) -> Any:
+    """One filesystem per bucket and settings; `key_id` only keys the cache (the SDK reads the chain itself)."""
+    from pyarrow.fs import AwsStandardS3RetryStrategy, S3FileSystem, resolve_s3_region
+
+    options: dict[str, Any] = {"force_virtual_addressing": True} if virtual else {}
+    if endpoint is not None:
+        match = re.fullmatch(r"(https?)://([^/]+)/?", endpoint.strip())
+        if match is None:
+            raise UsageError(f"AWS_ENDPOINT_URL={endpoint}: expected http://HOST[:PORT] or https://HOST[:PORT]")
+        options.update(scheme=match.group(1), endpoint_override=match.group(2))
+    elif region is None:
+        with store_errors(SCHEME + bucket, InputDataError):
+            region = resolve_s3_region(bucket)  # AWS itself: a bucket answers only in its own region
+    return S3FileSystem(
+        region=region, connect_timeout=CONNECT_TIMEOUT, request_timeout=REQUEST_TIMEOUT,
+        retry_strategy=AwsStandardS3RetryStrategy(max_attempts=attempts), **options,
+    )
+
+
+def _credentials_visible() -> bool:
+    """Whether the AWS chain has credentials it can find without asking the network (the instance role needs it)."""
+    if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        return True
+    if any(os.environ.get(name) for name in ("AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI")):
+        return True
+    home = Path.home() / ".aws"
+    files = (os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or home / "credentials", os.environ.get("AWS_CONFIG_FILE") or home / "config")
+    return any(Path(name).is_file() for name in files)
+
+
+def describe_endpoint() -> str:
+    return endpoint_url() or "AWS S3"
+
+
+def missing_bucket(shown: str, bucket: str) -> UsageError:
+    return UsageError(f"{shown}: bucket '{bucket}' does not exist at {describe_endpoint()}; check the name, or create it")
+
+
+@contextmanager
+def store_errors(shown: str, runtime: type[SbertError]) -> Iterator[None]:
+    """A failed request to the store -> one line naming the URL and the fix; `runtime` is the error class of a
+    failure the user cannot fix by changing the command (InputDataError reading, OutputError writing)."""
+    try:
+        yield
+    except OSError as exc:
+        error = store_error(exc, shown, runtime)
+        if error is None:
+            raise
+        raise error from None
+
+
+_AWS_ERROR = re.compile(r"AWS Error (\w+)(?: \(HTTP status (\d+)\))? during (\w+) operation: ?(.*)")
+
+
+def store_error(exc: OSError, shown: str, runtime: type[SbertError]) -> SbertError | None:
+    """The one-line error for a store request's failure, or None when `exc` is not one (a local disk's)."""
+    if not is_url(shown):
+        return None
+    bucket = StorePath.parse(shown).bucket
+    if isinstance(exc, FileNotFoundError):
+        return UsageError(f"{shown}: no such key in bucket '{bucket}'; check the path")
+    match = _AWS_ERROR.search(str(exc))
+    code, status, detail = (match.group(1), match.group(2), match.group(4)) if match else ("", None, str(exc))
+    detail = detail.split(" (Request ID")[0].strip().splitlines()[0] if detail.strip() else code
+    if code == "NO_SUCH_BUCKET":
+        return missing_bucket(shown, bucket)
+    if code in ("ACCESS_DENIED", "INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH") or status == "403":
+        if not _credentials_visible():
+            return UsageError(f"{shown}: access denied; {NO_CREDENTIALS}")
+        return runtime(f"{shown}: access denied ({code or 'HTTP 403'}); check that these credentials may use bucket '{bucket}'")
+    if code == "NETWORK_CONNECTION":
+        reason = re.sub(r"^curlCode: \d+, ", "", detail.split("; Details")[0])
+        return runtime(f"{shown}: {describe_endpoint()} does not answer ({reason}) after {_attempts()} attempts; check AWS_ENDPOINT_URL and the network")
+    return runtime(f"{shown}: the store refused the request ({code or 'error'}: {detail[:200]})")
