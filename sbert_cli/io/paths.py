@@ -110,8 +110,9 @@ class Derived:
 
 
 def file_output_paths(path: str, format: str) -> Derived:
-    """A single output file's companions: the ids sidecar (.npy), the rejects file (written with --on-error skip,
-    removed after a clean run, since an earlier run's rejects no longer apply), the lock."""
+    """A single output file's companions: the ids sidecar (.npy), the int8/uint8 ranges' sidecar (.npy, .jsonl), the
+    rejects file (written with --on-error skip, removed after a clean run, since an earlier run's rejects no longer
+    apply), the lock."""
     files = [("output", path)]
     if format == "npy":
         files.append(("ids sidecar", ids_path(path)))
