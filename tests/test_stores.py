@@ -64,7 +64,8 @@ def test_each_format_from_a_key_a_prefix_and_a_glob(bucket: Bucket, tmp_path: Pa
 
 
 def read_back(bucket: Bucket, kind: str) -> tuple[list, np.ndarray]:
-    """The output as another program reads it from the bucket: pyarrow, numpy, polars."""
+    """The output as another program reads it from the bucket: pyarrow, pandas, numpy, polars."""
+    import pandas
     import polars
 
     options = {
@@ -84,7 +85,9 @@ def read_back(bucket: Bucket, kind: str) -> tuple[list, np.ndarray]:
     table = pyarrow.dataset.dataset(f"{bucket.name}/{key}", filesystem=bucket.fs).to_table()
     by_uri = pyarrow.dataset.dataset(f"s3://{bucket.name}/{key}?endpoint_override={host}&scheme=http").to_table()
     frame = polars.read_parquet(bucket.url(key if kind == "parquet" else f"{key}/*.parquet"), storage_options=options)
+    pandas_frame = pandas.read_parquet(f"{bucket.name}/{key}", filesystem=bucket.fs)  # pandas takes pyarrow's S3 filesystem
     assert by_uri.equals(table) and frame["id"].to_list() == table.column("id").to_pylist()
+    assert pandas_frame["id"].tolist() == table.column("id").to_pylist()
     return table.column("id").to_pylist(), np.asarray(table.column("embedding").to_pylist(), dtype=np.float32)
 
 
