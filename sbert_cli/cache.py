@@ -18,6 +18,7 @@ import numpy as np
 
 from sbert_cli.errors import CacheError, SbertError, UsageError
 from sbert_cli.io.storage import is_url
+from sbert_cli.io.writers import file_digest
 from sbert_cli.model.description import MODEL_FILE_PATTERNS
 
 FORMAT = "sbert-vector-cache"
@@ -175,13 +176,10 @@ class Profiles:
         row = db.execute("SELECT size, mtime_ns, sha256 FROM files WHERE path = ?", (real,)).fetchone()
         if row is not None and row[0] == stat.st_size and row[1] == stat.st_mtime_ns:
             return str(row[2])
-        file_digest = hashlib.sha256()
-        with open(path, "rb") as stream:
-            while chunk := stream.read(1 << 22):
-                file_digest.update(chunk)
+        sha256 = file_digest(path)[0]
         with self.file.transaction():
-            db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", (real, stat.st_size, stat.st_mtime_ns, file_digest.hexdigest()))
-        return file_digest.hexdigest()
+            db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", (real, stat.st_size, stat.st_mtime_ns, sha256))
+        return sha256
 
     @staticmethod
     def keys(profile: Profile, texts: Sequence[str]) -> list[bytes]:

@@ -202,7 +202,8 @@ def _notice(quiet: bool, bar: Any = None) -> Callable[[str], None]:
 
 def _encode_with_ray(job: EncodeJob, quiet: bool) -> int:
     from sbert_cli.ray_engine import plan_ray_job, run_ray_job
-    from sbert_cli.report import plural, ray_summary_line
+    from sbert_cli.report import ray_summary_line
+    from sbert_cli.words import plural
 
     assert job.ray is not None
     plan = plan_ray_job(job)

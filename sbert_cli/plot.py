@@ -13,7 +13,7 @@ from sbert_cli.errors import UsageError
 from sbert_cli.evaluate import PairScore
 from sbert_cli.io.paths import temporary_path
 from sbert_cli.io.writers import output_errors
-from sbert_cli.report import plural
+from sbert_cli.words import plural
 
 _PROBE = "中文"
 

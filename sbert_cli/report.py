@@ -7,17 +7,14 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from sbert_cli.words import plural
+
 if TYPE_CHECKING:
     from sbert_cli.cache import ProfileSummary
     from sbert_cli.evaluate import PairScore, WorstPair
     from sbert_cli.model.description import ModelInfo
     from sbert_cli.ray_engine import RayResult
     from sbert_cli.stats import EncodeStats
-
-
-def plural(count: int, noun: str) -> str:
-    """'1 row', '2 rows', '0 rows'."""
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def summary_line(stats: EncodeStats, info: ModelInfo, *, where: str, rejects: str, sharded: bool, cached: bool) -> str:

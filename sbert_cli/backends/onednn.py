@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from sbert_cli.backends.base import Target
-from sbert_cli.backends.bert import Bert, bert_from_checkpoint, bert_supported
+from sbert_cli.backends.bert import bert_from_checkpoint, bert_supported
 from sbert_cli.backends.feeding import ForwardBackend
 from sbert_cli.model.description import ModelDescription
 
@@ -58,11 +57,6 @@ class OneDnnLinears:
         weight, bias = packed
         post = ("gelu", gelu) if gelu is not None else ("none", "")
         return torch.ops.mkldnn._linear_pointwise(rows.to(self.compute_dtype), weight, bias, post[0], [], post[1])
-
-
-def fused_bert(weights: Mapping[str, Any], config: dict[str, Any], dtype: Any) -> Bert:
-    """The BERT stack on oneDNN kernels, read one tensor at a time from the checkpoint's weights."""
-    return Bert(weights, config, OneDnnLinears(dtype))
 
 
 class OneDnnBert(ForwardBackend):

@@ -15,6 +15,7 @@ from sbert_cli.io.paths import TEMPORARY_MARK, DirectoryLayout, temporary_path
 from sbert_cli.io.readers import STDIN
 from sbert_cli.io.storage import StorePath
 from sbert_cli.io.writers import NOTHING_WRITTEN, file_digest, output_errors
+from sbert_cli.words import plural
 
 MANIFEST_VERSION = 2
 _SHARD_NAME = re.compile(r"part-\d{5}\.parquet")
@@ -126,7 +127,7 @@ def prepare_directory(layout: DirectoryLayout, identity: dict[str, Any], options
     if not resume:
         count = len(earlier.shards)
         raise UsageError(
-            f"{layout.data}: holds {count} finished shard{'s' if count != 1 else ''} of an earlier run; "
+            f"{layout.data}: holds {plural(count, 'finished shard')} of an earlier run; "
             "pass --resume to finish it, or --overwrite to start over"
         )
     _check_same_run(layout, earlier, identity, options)

@@ -29,6 +29,7 @@ from sbert_cli.io.storage import StorePath, location
 from sbert_cli.io.writers import NOTHING_WRITTEN, WRITERS, EmbeddingWriter, ParquetWriter, RejectsWriter, WriterSpec
 from sbert_cli.job import EncodeJob
 from sbert_cli.model.description import ModelInfo
+from sbert_cli.words import plural
 
 
 class Sink(Protocol):
@@ -148,7 +149,7 @@ def _spool(output: str) -> Iterator[Path | None]:
 def _tell_removed(paths: list[Path], notice: Callable[[str], None]) -> None:
     if paths:
         shown = ", ".join(str(path) for path in sorted(paths))
-        notice(f"sbert: removed {len(paths)} temporary file{'s' if len(paths) != 1 else ''} left by an earlier run that was killed: {shown}")
+        notice(f"sbert: removed {plural(len(paths), 'temporary file')} left by an earlier run that was killed: {shown}")
 
 
 def _guarded(sink: Sink) -> Iterator[Sink]:
@@ -235,7 +236,7 @@ class ShardedSink:
         count = len(self.manifest.shards)
         if not count:
             return f"no shard was finished; {NOTHING_WRITTEN}"
-        return f"{count} finished shard{'s' if count != 1 else ''} kept in {self.layout.data}; rerun with --resume to continue"
+        return f"{plural(count, 'finished shard')} kept in {self.layout.data}; rerun with --resume to continue"
 
     def write(self, records: list[Record], vectors: np.ndarray, n_tokens: list[int]) -> None:
         assert self._writer is not None
