@@ -17,7 +17,7 @@ from sbert_cli.errors import EXIT_WITH_REJECTS, SbertError, UsageError
 from sbert_cli.help_format import PlainHelpCommand, PlainHelpGroup
 from sbert_cli.io.pipe import confirm_delivered
 from sbert_cli.io.readers import InputFormat
-from sbert_cli.job import DEFAULT_MODEL, Dtype, EncodeJob, Engine, ModelOptions, OnError, Precision, Similarity
+from sbert_cli.job import DEFAULT_MODEL, BackendChoice, Dtype, EncodeJob, Engine, ModelOptions, OnError, Precision, Similarity
 from sbert_cli.plan import DEVICE_DEFAULTS
 
 if TYPE_CHECKING:
@@ -72,6 +72,7 @@ INPUT, MODEL, BATCHING, OUTPUT, UNATTENDED, RAY = "Input", "Model", "Batching", 
 ModelOption = Annotated[str, typer.Option("--model", "-m", envvar="SBERT_MODEL", rich_help_panel=MODEL, help="Hub id or local directory (sentence-transformers or transformers layout).")]
 DeviceOption = Annotated[str, typer.Option(parser=_device, metavar="<auto|cpu|cuda|cuda:N>", rich_help_panel=MODEL, help="auto takes CUDA when torch sees a GPU.")]
 PrecisionOption = Annotated[Precision, typer.Option(rich_help_panel=MODEL, help="Forward pass precision; auto: fp16 on CUDA, bf16 on a CPU with native bf16, else fp32. Vectors are float32.")]
+BackendOption = Annotated[BackendChoice, typer.Option(rich_help_panel=MODEL, help="What runs the forward pass. auto: OpenVINO on a CPU with native bf16 when it is installed (the openvino extra), else torch. openvino: OpenVINO on any CPU (BERT models). torch: torch only.")]
 MaxLengthOption = Annotated[Optional[int], typer.Option(rich_help_panel=MODEL, help="Truncate texts to this many tokens (default: the model's).")]
 PromptOption = Annotated[Optional[str], typer.Option(rich_help_panel=MODEL, show_default="the model's default prompt, if it names one", help="Text put before every input, as sentence-transformers' prompt.")]
 PromptNameOption = Annotated[Optional[str], typer.Option(rich_help_panel=MODEL, help="Put the model's prompt of this name before every input (its config_sentence_transformers.json), e.g. query.")]
@@ -118,6 +119,7 @@ def encode(
     model: ModelOption = DEFAULT_MODEL,
     device: DeviceOption = "auto",
     precision: PrecisionOption = "auto",
+    backend: BackendOption = "auto",
     max_length: MaxLengthOption = None,
     normalize: Annotated[bool, typer.Option("--normalize", rich_help_panel=MODEL, help="L2-normalise the vectors (after --truncate-dim, so shortened vectors are unit length again).")] = False,
     prompt: PromptOption = None,
@@ -152,7 +154,7 @@ def encode(
         job = EncodeJob(
             input=input_spec(input, format, text_column, id_column),
             output=output_target(output, input, dtype, calibration),
-            model=ModelOptions(model, device, precision, max_length, normalize, prompt, prompt_name, truncate_dim),
+            model=ModelOptions(model, device, precision, max_length, normalize, prompt, prompt_name, truncate_dim, backend=backend),
             plan=BatchPlan(chunk_size=chunk_size, batch_size=batch_size, max_tokens=max_tokens),
             skip_bad_rows=on_error == "skip",
             shard_rows=shard_rows,
@@ -221,6 +223,7 @@ def sim(
     model: ModelOption = DEFAULT_MODEL,
     device: DeviceOption = "auto",
     precision: PrecisionOption = "auto",
+    backend: BackendOption = "auto",
     max_length: MaxLengthOption = None,
     prompt: PromptOption = None,
     prompt_name: PromptNameOption = None,
@@ -236,7 +239,7 @@ def sim(
     with _user_errors(prints=True):
         if len(sentences) < 2:
             raise UsageError('sim needs at least two sentences: sbert sim "句子A" "句子B"')
-        source = model_source(ModelOptions(model, device, precision, max_length, False, prompt, prompt_name, truncate_dim, similarity), cache)
+        source = model_source(ModelOptions(model, device, precision, max_length, False, prompt, prompt_name, truncate_dim, similarity, backend), cache)
         vectors = embed_texts(sentences, source)
         function = source.info.similarity
         scores = similarity_rows(vectors[1:], vectors[:1].repeat(len(sentences) - 1, axis=0), function)
@@ -257,6 +260,7 @@ def evaluate(
     model: ModelOption = DEFAULT_MODEL,
     device: DeviceOption = "auto",
     precision: PrecisionOption = "auto",
+    backend: BackendOption = "auto",
     max_length: MaxLengthOption = None,
     prompt: PromptOption = None,
     prompt_name: PromptNameOption = None,
@@ -281,7 +285,7 @@ def evaluate(
         refuse_evaluate_overwrites(files, plot, cache)
         names = parse_columns(columns)
         sets = name_pair_sets([read_pairs(path, names) for path in files])
-        options = ModelOptions(model, device, precision, max_length, False, prompt, prompt_name, truncate_dim, similarity)
+        options = ModelOptions(model, device, precision, max_length, False, prompt, prompt_name, truncate_dim, similarity, backend)
         source = model_source(options, cache, _notice(quiet))
         plan = BatchPlan(batch_size=batch_size, max_tokens=max_tokens).for_device(source.info.device)
         scores = score_pair_sets(sets, source, plan, dtype)

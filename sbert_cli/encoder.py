@@ -70,9 +70,10 @@ def load_encoder(
     prompt: str | None = None,
     prompt_name: str | None = None,
     truncate_dim: int | None = None,
+    backend: str = "auto",
 ) -> Encoder:
     """Find, load and configure a model in one call (the Python API; the CLI loads only when it must)."""
-    options = ModelOptions(model, device, precision, max_length, normalize, prompt=prompt, prompt_name=prompt_name, truncate_dim=truncate_dim)
+    options = ModelOptions(model, device, precision, max_length, normalize, prompt=prompt, prompt_name=prompt_name, truncate_dim=truncate_dim, backend=backend)
     return open_model(options).load()
 
 
@@ -85,13 +86,14 @@ class TransformerEncoder:
         self.model = model
         self.info = model.info
         device = torch.device(model.info.device)
+        threads = model.threads or available_cores()
         if device.type == "cpu":
-            torch.set_num_threads(available_cores())
+            torch.set_num_threads(threads)
         self.texts_to_tokens = tokenizer or Tokenizer(model)
         self.pad_id = self.texts_to_tokens.pad_id
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[model.info.precision]
         skip = 0 if model.layout.include_prompt else self.texts_to_tokens.prompt_length
-        self.target = Target(device, dtype, self.pad_id, Pooling(model.info.pooling, skip), Head(model.head, device))
+        self.target = Target(device, dtype, self.pad_id, Pooling(model.info.pooling, skip), Head(model.head, device), threads)
         self.backend: Backend = load_backend(model, self.target)
         self._fp32: TransformerEncoder | None = None
 

@@ -21,11 +21,13 @@ STDOUT = "-"
 
 # Fixed choices, declared once: the CLI offers exactly these and --help lists them (input formats: readers).
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+BackendChoice = Literal["auto", "openvino", "torch"]
 Dtype = Literal["float32", "float16", "int8", "uint8", "binary", "ubinary"]
 Similarity = Literal["cosine", "dot", "euclidean", "manhattan"]
 OnError = Literal["fail", "skip"]
 Engine = Literal["local", "ray"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+BACKEND_CHOICES: tuple[str, ...] = get_args(BackendChoice)
 SIMILARITIES: tuple[str, ...] = get_args(Similarity)
 SCALED_DTYPES = ("int8", "uint8")  # need per-dimension ranges: from the first window or --calibration
 PACKED_DTYPES = ("binary", "ubinary")  # a bit a dimension, 8 to a byte
@@ -45,10 +47,14 @@ class ModelOptions:
     prompt_name: str | None = None
     truncate_dim: int | None = None
     similarity: str | None = None  # None: the model's own (cosine when it names none)
+    backend: str = "auto"  # what runs the forward pass: backends.load_backend
+    threads: int | None = None  # CPU threads for the forward pass (None: every core the process may use)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise UsageError(f"--precision {self.precision}: expected one of {', '.join(PRECISIONS)}")
+        if self.backend not in BACKEND_CHOICES:
+            raise UsageError(f"--backend {self.backend}: expected one of {', '.join(BACKEND_CHOICES)}")
         if self.prompt is not None and self.prompt_name is not None:
             raise UsageError(f"--prompt and --prompt-name {self.prompt_name} both given; pass the prompt's text or its name, not both")
         if self.truncate_dim is not None and self.truncate_dim < 1:

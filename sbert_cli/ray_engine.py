@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,19 +87,16 @@ class EncodeBatches:
     """Ray actor: loads the model once, then encodes each block with sbert's batching and pooling."""
 
     def __init__(self, job: EncodeJob) -> None:
-        import torch
-
         from sbert_cli.embedding import model_source
         from sbert_cli.io.compact import VectorForm
         from sbert_cli.io.sinks import describe_vectors
 
         assert job.ray is not None
         self.job = job
-        self.source = model_source(job.model, None)
+        # On a CPU the forward pass gets the actor's share of cores, not the node's (ignored on a GPU).
+        self.source = model_source(replace(job.model, threads=max(1, int(job.ray.cpus_per_worker))), None)
         self.source.encoder()  # loaded once, when the actor starts
         info = self.source.info
-        if info.device == "cpu":
-            torch.set_num_threads(max(1, int(job.ray.cpus_per_worker)))  # the actor's share, not the node's cores
         self.plan = job.plan.for_device(info.device)
         # int8/uint8 need --calibration here (job.EncodeJob says so): every actor scales by the file's ranges.
         self.form = VectorForm.for_output(job.output.dtype, job.output.calibration, info.dim)

@@ -80,9 +80,12 @@ def test_no_backend_for_the_device_is_one_line(tmp_path: Path, tiny_model_dir: P
     assert not out.exists()
 
 
-def test_each_device_tries_the_bert_backend_then_transformers() -> None:
+def test_each_device_tries_the_bert_backends_then_transformers() -> None:
     from sbert_cli.backends.automodel import TransformersModel
     from sbert_cli.backends.cuda import CudaBert
     from sbert_cli.backends.onednn import OneDnnBert
+    from sbert_cli.backends.openvino_bert import OpenVinoBert
 
-    assert backends.BACKENDS == {"cpu": (OneDnnBert.load, TransformersModel.load), "cuda": (CudaBert.load, TransformersModel.load)}
+    cpu, cuda = (OpenVinoBert.load, OneDnnBert.load, TransformersModel.load), (CudaBert.load, TransformersModel.load)
+    assert backends.BACKENDS == {"cpu": cpu, "cuda": cuda}
+    assert backends.CHOSEN == {"openvino": {"cpu": (OpenVinoBert.load_chosen,)}, "torch": {"cpu": cpu[1:], "cuda": cuda}}

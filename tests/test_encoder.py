@@ -37,7 +37,8 @@ def reference_vectors(model_dir: Path, texts: list[str]) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def minilm(minilm_dir: Path):
-    return load_encoder(str(minilm_dir), device="cpu", precision="fp32")
+    """The fp32 reference: torch's backend, which the other backends are held to."""
+    return load_encoder(str(minilm_dir), device="cpu", precision="fp32", backend="torch")
 
 
 @pytest.mark.slow
@@ -189,10 +190,22 @@ def test_unsupported_module_is_refused(tmp_path: Path, tiny_model_dir: Path) -> 
     )
 
 
+def bf16_encoder(model: str, backend: str):
+    """The model at bf16 on one backend (torch's oneDNN, or OpenVINO where it is installed and bf16 is native)."""
+    from importlib.util import find_spec
+
+    from sbert_cli.model.device import cpu_has_native_bf16
+
+    if backend == "openvino" and (find_spec("openvino") is None or not cpu_has_native_bf16()):
+        pytest.skip("OpenVINO runs bf16 only where it is installed and the CPU has native bf16")
+    return load_encoder(model, device="cpu", precision="bf16", backend=backend)
+
+
 @pytest.mark.slow
-def test_bf16_stays_close_to_fp32_on_real_weights(minilm) -> None:
+@pytest.mark.parametrize("backend", ["torch", "openvino"])
+def test_bf16_stays_close_to_fp32_on_real_weights(minilm, backend: str) -> None:
     """bf16 (what --precision auto picks on a CPU with native bf16): cosine >= 0.9998 to fp32."""
-    bf16 = load_encoder(str(minilm.info.name), device="cpu", precision="bf16")
+    bf16 = bf16_encoder(str(minilm.info.name), backend)
     texts = MIXED_TEXTS[1:5] + sample_texts()[:12]
     low = embed_texts(texts, bf16)
     assert low.dtype == np.float32
@@ -201,10 +214,11 @@ def test_bf16_stays_close_to_fp32_on_real_weights(minilm) -> None:
 
 @needs_shared
 @pytest.mark.slow
-def test_bf16_accuracy_on_csts_dev(minilm) -> None:
+@pytest.mark.parametrize("backend", ["torch", "openvino"])
+def test_bf16_accuracy_on_csts_dev(minilm, backend: str) -> None:
     """Every sentence of csts dev: bf16 vectors within cosine 0.9998 of fp32's, Spearman within 0.1 point."""
     pairs = read_pairs(str(SHARED_DATA / "csts" / "STS-B.valid.data"))
-    bf16 = load_encoder(str(minilm.info.name), device="cpu", precision="bf16")
+    bf16 = bf16_encoder(str(minilm.info.name), backend)
     texts = list(dict.fromkeys(pairs.first + pairs.second))
     assert cosine_rows(embed_texts(texts, bf16), embed_texts(texts, minilm)).min() >= 0.9998
     high, low = score_pair_sets([pairs], minilm)[0], score_pair_sets([pairs], bf16)[0]

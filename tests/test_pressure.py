@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ def wrap_forward(monkeypatch: pytest.MonkeyPatch, wrap: Any) -> None:
     real = sbert_cli.encoder.load_backend
 
     def load_backend(model: Any, target: Any) -> Any:
-        backend = real(model, target)
+        backend = real(replace(model, backend="torch"), target)  # torch's backends run a forward pass that can be wrapped
         backend.forward = wrap(backend.forward, target.dtype)
         return backend
 

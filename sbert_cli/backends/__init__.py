@@ -2,7 +2,8 @@
 
 To add one (ROCm, ONNX, MPS): write backends/NAME.py with a class that loads itself for a model and a target
 (its `load` returns None for a model it does not run) and embeds a window's batches; then add its loader to
-BACKENDS under the device kind it serves, ahead of the ones it should be tried before.
+BACKENDS under the device kind it serves, ahead of the ones it should be tried before, and to CHOSEN if
+`--backend` should name it.
 """
 
 from __future__ import annotations
@@ -11,20 +12,33 @@ from sbert_cli.backends.automodel import TransformersModel
 from sbert_cli.backends.base import Backend, BackendLoader, Target
 from sbert_cli.backends.cuda import CudaBert
 from sbert_cli.backends.onednn import OneDnnBert
-from sbert_cli.errors import ModelError
+from sbert_cli.backends.openvino_bert import OpenVinoBert
+from sbert_cli.errors import ModelError, UsageError
 from sbert_cli.model.description import ModelDescription
 
-# For each kind of device (a torch device's type), the backends to try in order: the first that runs the model wins.
+# For each kind of device (a torch device's type), the backends `--backend auto` tries in order: the first that
+# runs the model wins. OpenVINO's loader declines where it is not installed or was not measured ahead.
 BACKENDS: dict[str, tuple[BackendLoader, ...]] = {
-    "cpu": (OneDnnBert.load, TransformersModel.load),
+    "cpu": (OpenVinoBert.load, OneDnnBert.load, TransformersModel.load),
     "cuda": (CudaBert.load, TransformersModel.load),
+}
+# What the other `--backend` choices try, for each kind of device.
+CHOSEN: dict[str, dict[str, tuple[BackendLoader, ...]]] = {
+    "openvino": {"cpu": (OpenVinoBert.load_chosen,)},
+    "torch": {"cpu": (OneDnnBert.load, TransformersModel.load), "cuda": BACKENDS["cuda"]},
 }
 
 
 def load_backend(model: ModelDescription, target: Target) -> Backend:
-    """The first backend for the target's kind of device that runs this model."""
-    for load in BACKENDS.get(target.device.type, ()):
+    """The first backend for the target's kind of device, among those `--backend` allows, that runs this model."""
+    loaders = BACKENDS if model.backend == "auto" else CHOSEN[model.backend]
+    for load in loaders.get(target.device.type, ()):
         backend = load(model, target)
         if backend is not None:
             return backend
+    if model.backend == "openvino":
+        raise UsageError(
+            f"--backend openvino: {model.info.name} cannot run there (it runs BERT models at fp32, or bf16 where the CPU has it, "
+            f"on --device cpu); pass --backend auto"
+        )
     raise ModelError(f"{model.info.name}: no backend runs this model on {target.device}; pass another --device")

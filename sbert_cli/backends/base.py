@@ -41,6 +41,7 @@ class Target:
     pad_id: int
     pooling: Pooling
     head: Callable[[Any], Any]  # pooled float32 vectors on the device -> the run's vectors
+    threads: int = 1  # on a CPU: the threads its forward pass may use (torch's are set to this already)
 
 
 # A backend's loader: the backend for this model on this target, or None when it does not run this model

@@ -20,6 +20,7 @@ class Linears(Protocol):
     compute_dtype: Any  # the dtype the products run in
     residual_dtype: Any  # the dtype of the residual stream, layer norms and the returned token states
     row_granule: int  # row counts are padded to a multiple of this before the products (1: never)
+    fused_qkv: bool  # query, key and value as one product (False: three, the pattern OpenVINO fuses best)
 
     def place(self, tensor: Any, dtype: Any) -> Any:
         """A copy of `tensor` on the device in `dtype` that owns its memory (never a view of the checkpoint)."""
@@ -32,6 +33,32 @@ class Linears(Protocol):
     def __call__(self, rows: Any, packed: Any, gelu: str | None) -> Any:
         """rows [n, in] times the packed weights, plus bias, then GELU (`gelu` names its approximation) if asked."""
         ...
+
+
+class TorchLinears:
+    """Plain torch products on any device (cuBLAS on a GPU): weights copied from the checkpoint to the device one
+    tensor at a time, cast to the run's precision on the way (no model built on the host first); the residual
+    stream stays in that precision too, as transformers' own fp16 BERT keeps it (a row that overflows is re-run
+    at fp32). The CUDA backend runs on these, and the OpenVINO backend traces its graph through them."""
+
+    row_granule = 1
+
+    def __init__(self, dtype: Any, device: Any, fused_qkv: bool = True) -> None:
+        self.compute_dtype = self.residual_dtype = dtype
+        self.device = device
+        self.fused_qkv = fused_qkv
+
+    def place(self, tensor: Any, dtype: Any) -> Any:
+        return tensor.to(device=self.device, dtype=dtype, copy=True)
+
+    def pack(self, matrix: Any, bias: Any) -> tuple[Any, Any]:
+        return self.place(matrix, self.compute_dtype).contiguous(), self.place(bias, self.compute_dtype)
+
+    def __call__(self, rows: Any, packed: tuple[Any, Any], gelu: str | None) -> Any:
+        import torch.nn.functional as F
+
+        product = F.linear(rows.to(self.compute_dtype), *packed)
+        return product if gelu is None else F.gelu(product, approximate=gelu)
 
 
 def bert_supported(config: dict[str, Any]) -> bool:
@@ -68,7 +95,7 @@ class _Norm:
 
 @dataclass(frozen=True)
 class _Layer:
-    qkv: Any  # query, key and value as one product: one pass over the activations, not three
+    qkv: tuple[Any, ...]  # query, key and value as one product (one pass over the activations), or three (Linears.fused_qkv)
     attention_out: Any
     attention_norm: _Norm
     intermediate: Any
@@ -117,10 +144,14 @@ class Bert:
         bias = torch.cat([self._tensor(f"{name}.bias") for name in names])
         return self.linears.pack(matrix, bias)
 
+    def _qkv(self, attention: str) -> tuple[Any, ...]:
+        names = (f"{attention}query", f"{attention}key", f"{attention}value")
+        return (self._packed(*names),) if self.linears.fused_qkv else tuple(self._packed(name) for name in names)
+
     def _layer(self, prefix: str) -> _Layer:
         attention = f"{prefix}attention.self."
         return _Layer(
-            qkv=self._packed(f"{attention}query", f"{attention}key", f"{attention}value"),
+            qkv=self._qkv(attention),
             attention_out=self._packed(f"{prefix}attention.output.dense"),
             attention_norm=self._norm(f"{prefix}attention.output.LayerNorm"),
             intermediate=self._packed(f"{prefix}intermediate.dense"),
@@ -138,17 +169,23 @@ class Bert:
         width = hidden.shape[-1]
         tokens = batch * length
         rows = -(-tokens // linear.row_granule) * linear.row_granule
-        residual = _pad_rows(_layer_norm(hidden, self.embedding_norm).reshape(tokens, width), rows)
+        padded = linear.row_granule > 1  # decided in Python, so a traced graph (OpenVINO's) holds no pad or slice
+        residual = _layer_norm(hidden, self.embedding_norm).reshape(tokens, width)
+        residual = _pad_rows(residual, rows) if padded else residual
         attend = None if mask is None else mask[:, None, None, :]
-        head_shape = (batch, length, 3, self.heads, width // self.heads)
+        head_shape = (batch, length, self.heads, width // self.heads)
         for layer in self.layers:
-            qkv = linear(residual, layer.qkv, None)[:tokens].view(head_shape).permute(2, 0, 3, 1, 4)
-            context = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=attend)
-            context = _pad_rows(context.transpose(1, 2).reshape(tokens, width), rows)
+            # [batch, heads, tokens, head dim] views of query, key and value (split from one product, or three).
+            products = [_real_rows(linear(residual, packed, None), tokens, padded) for packed in layer.qkv]
+            qkv = products[0].view(batch, length, 3 * width).split(width, dim=-1) if len(products) == 1 else products
+            query, key, value = (part.view(head_shape).transpose(1, 2) for part in qkv)
+            context = F.scaled_dot_product_attention(query, key, value, attn_mask=attend)
+            context = context.transpose(1, 2).reshape(tokens, width)
+            context = _pad_rows(context, rows) if padded else context
             residual = _layer_norm(residual + linear(context, layer.attention_out, None).to(residual_dtype), layer.attention_norm)
             inner = linear(residual, layer.intermediate, self.gelu)
             residual = _layer_norm(residual + linear(inner, layer.output, None).to(residual_dtype), layer.output_norm)
-        return residual[:tokens].view(batch, length, width)
+        return _real_rows(residual, tokens, padded).view(batch, length, width)
 
 
 class _Renamed:
@@ -163,6 +200,11 @@ class _Renamed:
 
     def get(self, name: str, default: Any = None) -> Any:
         return self.weights.get(self.prefix + name, default)
+
+
+def _real_rows(matrix: Any, tokens: int, padded: bool) -> Any:
+    """The first `tokens` rows of `matrix` when its rows were padded (the matrix itself when not)."""
+    return matrix[:tokens] if padded else matrix
 
 
 def _pad_rows(matrix: Any, rows: int) -> Any:

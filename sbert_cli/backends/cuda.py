@@ -9,33 +9,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from sbert_cli.backends.base import Target
-from sbert_cli.backends.bert import Bert, bert_from_checkpoint, bert_supported
+from sbert_cli.backends.bert import Bert, TorchLinears, bert_from_checkpoint, bert_supported
 from sbert_cli.backends.feeding import ForwardBackend
 from sbert_cli.model.description import ModelDescription
-
-
-class TorchLinears:
-    """cuBLAS products through torch: weights copied from the checkpoint to the device one tensor at a time, cast
-    to the run's precision on the way (no model built on the host first); the residual stream stays in that
-    precision too, as transformers' own fp16 BERT keeps it (a row that overflows is re-run at fp32)."""
-
-    row_granule = 1
-
-    def __init__(self, dtype: Any, device: Any) -> None:
-        self.compute_dtype = self.residual_dtype = dtype
-        self.device = device
-
-    def place(self, tensor: Any, dtype: Any) -> Any:
-        return tensor.to(device=self.device, dtype=dtype, copy=True)
-
-    def pack(self, matrix: Any, bias: Any) -> tuple[Any, Any]:
-        return self.place(matrix, self.compute_dtype).contiguous(), self.place(bias, self.compute_dtype)
-
-    def __call__(self, rows: Any, packed: tuple[Any, Any], gelu: str | None) -> Any:
-        import torch.nn.functional as F
-
-        product = F.linear(rows.to(self.compute_dtype), *packed)
-        return product if gelu is None else F.gelu(product, approximate=gelu)
 
 
 def device_bert(weights: Mapping[str, Any], config: dict[str, Any], dtype: Any, device: Any) -> Bert:

@@ -34,6 +34,7 @@ class OneDnnLinears:
     measurable time on bert-base and keeps the vectors several times closer to fp32's."""
 
     row_granule = ROW_GRANULE
+    fused_qkv = True
 
     def __init__(self, dtype: Any, rows_hint: int = 1024) -> None:
         import torch

@@ -14,6 +14,9 @@ from sbert_cli.model.modules import HeadLayer, NormalizeLayer, PoolingConfig, fu
 
 # Files a sentence-transformers or transformers checkpoint needs; skips ONNX/OpenVINO/TF copies.
 MODEL_FILE_PATTERNS = ("*.json", "*.txt", "*.model", "*.safetensors", "pytorch_model*.bin")
+# The folder in a model's transformer directory where sbert keeps its OpenVINO conversions (backends.openvino_export):
+# derived from the model's files, so never part of what identifies the model.
+OPENVINO_CONVERSIONS = "sbert-openvino"
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,8 @@ class ModelDescription:
     info: ModelInfo
     config: dict[str, Any]  # the transformer's config.json
     head: tuple[HeadLayer, ...] = ()  # after pooling: the model's modules, then --truncate-dim and --normalize
+    backend: str = "auto"  # --backend: which backend runs it (backends.load_backend)
+    threads: int | None = None  # CPU threads for its forward pass (None: every core the process may use)
 
 
 def describe_model(options: ModelOptions) -> ModelDescription:
@@ -81,7 +86,7 @@ def describe_model(options: ModelOptions) -> ModelDescription:
         similarity=options.similarity or card.similarity or "cosine",
         truncate_dim=options.truncate_dim,
     )
-    return ModelDescription(directory, layout, info, config, head)
+    return ModelDescription(directory, layout, info, config, head, options.backend, options.threads)
 
 
 def _refuse_remote_code(transformer_dir: Path, config: dict[str, Any]) -> None:

@@ -1,0 +1,124 @@
+"""The OpenVINO backend (the `openvino` extra): a BERT checkpoint on OpenVINO's CPU kernels, several batches in flight."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from importlib.util import find_spec
+from typing import Any
+
+import numpy as np
+
+from sbert_cli.backends.base import Target
+from sbert_cli.backends.bert import bert_supported
+from sbert_cli.backends.openvino_export import converted_model
+from sbert_cli.backends.pooling import sentence_vectors
+from sbert_cli.errors import ModelError, SbertError, UsageError, first_line
+from sbert_cli.model.description import ModelDescription
+from sbert_cli.model.device import cpu_has_native_bf16
+from sbert_cli.model.tokens import Tokenized
+
+INSTALL_HINT = "pip install 'sbert-cli[openvino]'"
+
+
+def openvino_installed() -> bool:
+    return find_spec("openvino") is not None
+
+
+def openvino_runs(model: ModelDescription, target: Target) -> bool:
+    """Whether this backend can run the model for the target: OpenVINO installed, a CPU, fp32 or bf16 (bf16 only
+    where the CPU multiplies it natively; elsewhere OpenVINO would quietly run fp32), a plain BERT."""
+    import torch
+
+    precision_runs = target.dtype == torch.float32 or (target.dtype == torch.bfloat16 and cpu_has_native_bf16())
+    return openvino_installed() and target.device.type == "cpu" and precision_runs and bert_supported(model.config)
+
+
+def openvino_wins_here() -> bool:
+    """Where `--backend auto` picks OpenVINO: CPUs with native bf16 (AVX512-BF16 or AMX), where it was measured
+    ahead of the oneDNN backend at both precisions (README, Speed). On AVX2-only CPUs it was not measured, so auto
+    keeps oneDNN there; `--backend openvino` runs it anyway."""
+    return cpu_has_native_bf16()
+
+
+class OpenVinoBert:
+    """A BERT checkpoint converted to OpenVINO (once, cached: openvino_export) and compiled for throughput.
+
+    OpenVINO splits the cores into streams that each run a batch; twice as many requests as it suggests are kept
+    in flight, so that while it computes, Python pads the next batches and pools the finished ones. Pooling and
+    the head run in torch, through the same code as every backend.
+    """
+
+    name = "openvino"
+
+    def __init__(self, compiled: Any, target: Target) -> None:
+        self.target = target
+        self.requests = [compiled.create_infer_request() for _ in range(2 * int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))]
+
+    @classmethod
+    def load(cls, model: ModelDescription, target: Target) -> OpenVinoBert | None:
+        """The backend, or None where `--backend auto` should try the next one (see openvino_runs, openvino_wins_here)."""
+        if not (openvino_wins_here() and openvino_runs(model, target)):
+            return None
+        try:
+            return cls.load_chosen(model, target)
+        except ModelError:
+            return None  # a model OpenVINO could not convert or compile: torch's backends run it as before
+
+    @classmethod
+    def load_chosen(cls, model: ModelDescription, target: Target) -> OpenVinoBert | None:
+        """The backend when `--backend openvino` asks for it: a one-line error where it cannot run."""
+        if not openvino_installed():
+            raise UsageError(f"--backend openvino: OpenVINO is not installed; {INSTALL_HINT}, or pass --backend auto")
+        if not openvino_runs(model, target):
+            return None
+        import openvino
+        import torch
+
+        config = {
+            "INFERENCE_PRECISION_HINT": "bf16" if target.dtype == torch.bfloat16 else "f32",
+            "PERFORMANCE_HINT": "THROUGHPUT",
+            "INFERENCE_NUM_THREADS": target.threads,
+        }
+        try:
+            model_xml = converted_model(model)
+            if model_xml is None:
+                return None
+            core = openvino.Core()
+            return cls(core.compile_model(core.read_model(model_xml), "CPU", config), target)
+        except SbertError:
+            raise
+        except Exception as exc:  # the converter's and the runtime's errors have no common class
+            raise ModelError(f"{model.info.name}: OpenVINO could not convert or compile this model: {first_line(exc)}; pass --backend torch") from None
+
+    def embed_batches(self, tokens: Tokenized, batches: Sequence[np.ndarray], out: np.ndarray, after_batch: Callable[[int], None]) -> int:
+        import torch
+
+        idle = list(self.requests)
+        in_flight: deque[tuple[Any, np.ndarray, np.ndarray]] = deque()
+
+        def finish_oldest() -> None:
+            request, rows, mask = in_flight.popleft()
+            request.wait()
+            hidden = torch.from_numpy(request.get_output_tensor(0).data)  # read before the request is started again
+            mask_tensor = torch.from_numpy(mask)
+            with torch.inference_mode():
+                out[rows] = sentence_vectors(hidden, mask_tensor, self.target.pooling, self.target.head).numpy()
+            idle.append(request)
+            after_batch(len(rows))
+
+        try:
+            for rows in batches:
+                if not idle:
+                    finish_oldest()
+                ids, lengths = tokens.padded(rows, self.target.pad_id)
+                mask = np.arange(ids.shape[1]) < lengths[:, None]
+                request = idle.pop()
+                request.start_async({"input_ids": ids, "attention_mask": mask})  # inputs are copied: ids may go
+                in_flight.append((request, rows, mask))
+            while in_flight:
+                finish_oldest()
+        finally:
+            for request, _, _ in in_flight:  # on an error, nothing is left running into buffers being freed
+                request.wait()
+        return len(batches)
