@@ -39,7 +39,7 @@ install: $(STAMP)
 test: install
 	$(PY) -m pytest --durations=10
 
-# For the edit-and-test loop (under a minute against six): the fake encoder and tiny models only.
+# For the edit-and-test loop (about a minute against six): the fake encoder and tiny models only.
 # Leaves out the tests marked slow (models of bert-base size, all-MiniLM-L6-v2 against sentence-transformers,
 # full evaluation sets, peak-memory runs, whole processes killed, resumed or run side by side); `make test` runs them.
 test-fast: install
