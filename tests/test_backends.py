@@ -88,4 +88,5 @@ def test_each_device_tries_the_bert_backends_then_transformers() -> None:
 
     cpu, cuda = (OpenVinoBert.load, OneDnnBert.load, TransformersModel.load), (CudaBert.load, TransformersModel.load)
     assert backends.BACKENDS == {"cpu": cpu, "cuda": cuda}
-    assert backends.CHOSEN == {"openvino": {"cpu": (OpenVinoBert.load_chosen,)}, "torch": {"cpu": cpu[1:], "cuda": cuda}}
+    openvino = (OpenVinoBert.load_chosen,)
+    assert backends.CHOSEN == {"openvino": {"cpu": openvino, "cuda": openvino}, "torch": {"cpu": cpu[1:], "cuda": cuda}}

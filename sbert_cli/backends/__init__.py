@@ -13,7 +13,7 @@ from sbert_cli.backends.base import Backend, BackendLoader, Target
 from sbert_cli.backends.cuda import CudaBert
 from sbert_cli.backends.onednn import OneDnnBert
 from sbert_cli.backends.openvino_bert import OpenVinoBert
-from sbert_cli.errors import ModelError, UsageError
+from sbert_cli.errors import ModelError
 from sbert_cli.model.description import ModelDescription
 
 # For each kind of device (a torch device's type), the backends `--backend auto` tries in order: the first that
@@ -22,9 +22,9 @@ BACKENDS: dict[str, tuple[BackendLoader, ...]] = {
     "cpu": (OpenVinoBert.load, OneDnnBert.load, TransformersModel.load),
     "cuda": (CudaBert.load, TransformersModel.load),
 }
-# What the other `--backend` choices try, for each kind of device.
+# What the other `--backend` choices try, for each kind of device (OpenVINO's loader says itself where it cannot run).
 CHOSEN: dict[str, dict[str, tuple[BackendLoader, ...]]] = {
-    "openvino": {"cpu": (OpenVinoBert.load_chosen,)},
+    "openvino": {"cpu": (OpenVinoBert.load_chosen,), "cuda": (OpenVinoBert.load_chosen,)},
     "torch": {"cpu": (OneDnnBert.load, TransformersModel.load), "cuda": BACKENDS["cuda"]},
 }
 
@@ -36,9 +36,4 @@ def load_backend(model: ModelDescription, target: Target) -> Backend:
         backend = load(model, target)
         if backend is not None:
             return backend
-    if model.backend == "openvino":
-        raise UsageError(
-            f"--backend openvino: {model.info.name} cannot run there (it runs BERT models at fp32, or bf16 where the CPU has it, "
-            f"on --device cpu); pass --backend auto"
-        )
     raise ModelError(f"{model.info.name}: no backend runs this model on {target.device}; pass another --device")

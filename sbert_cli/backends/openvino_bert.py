@@ -26,12 +26,12 @@ def openvino_installed() -> bool:
 
 
 def openvino_runs(model: ModelDescription, target: Target) -> bool:
-    """Whether this backend can run the model for the target: OpenVINO installed, a CPU, fp32 or bf16 (bf16 only
-    where the CPU multiplies it natively; elsewhere OpenVINO would quietly run fp32), a plain BERT."""
+    """Whether OpenVINO can run the model for the target: a CPU, fp32 or bf16 (bf16 only where the CPU multiplies
+    it natively; elsewhere OpenVINO would quietly run fp32), a plain BERT."""
     import torch
 
     precision_runs = target.dtype == torch.float32 or (target.dtype == torch.bfloat16 and cpu_has_native_bf16())
-    return openvino_installed() and target.device.type == "cpu" and precision_runs and bert_supported(model.config)
+    return target.device.type == "cpu" and precision_runs and bert_supported(model.config)
 
 
 def openvino_wins_here() -> bool:
@@ -58,20 +58,30 @@ class OpenVinoBert:
     @classmethod
     def load(cls, model: ModelDescription, target: Target) -> OpenVinoBert | None:
         """The backend, or None where `--backend auto` should try the next one (see openvino_runs, openvino_wins_here)."""
-        if not (openvino_wins_here() and openvino_runs(model, target)):
+        if not (openvino_installed() and openvino_wins_here() and openvino_runs(model, target)):
             return None
         try:
-            return cls.load_chosen(model, target)
+            return cls._compiled(model, target)
         except ModelError:
             return None  # a model OpenVINO could not convert or compile: torch's backends run it as before
 
     @classmethod
-    def load_chosen(cls, model: ModelDescription, target: Target) -> OpenVinoBert | None:
+    def load_chosen(cls, model: ModelDescription, target: Target) -> OpenVinoBert:
         """The backend when `--backend openvino` asks for it: a one-line error where it cannot run."""
-        if not openvino_installed():
+        if target.device.type == "cpu" and not openvino_installed():  # on a GPU, installing it would not help
             raise UsageError(f"--backend openvino: OpenVINO is not installed; {INSTALL_HINT}, or pass --backend auto")
-        if not openvino_runs(model, target):
-            return None
+        backend = cls._compiled(model, target) if openvino_runs(model, target) else None
+        if backend is None:
+            raise UsageError(
+                f"--backend openvino: {model.info.name} cannot run there (it runs BERT models at fp32, or bf16 where the CPU has it, "
+                f"on --device cpu); pass --backend auto"
+            )
+        return backend
+
+    @classmethod
+    def _compiled(cls, model: ModelDescription, target: Target) -> OpenVinoBert | None:
+        """The model converted (once) and compiled for the target; None where its checkpoint is not one file sbert's
+        BERT reads; a ModelError where OpenVINO fails on it."""
         import openvino
         import torch
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sbert_cli.backends.bert import TorchLinears, bert_from_checkpoint
+from sbert_cli.backends.weights import checkpoint_file
 from sbert_cli.model.description import OPENVINO_CONVERSIONS, ModelDescription
 
 # Raised whenever the traced graph changes, so that a conversion an older sbert made is never reused.
@@ -24,8 +25,7 @@ def conversion_options(model: ModelDescription) -> dict[str, Any]:
     import openvino
     import torch
 
-    directory = model.layout.transformer_dir
-    weights = next((directory / name for name in ("model.safetensors", "pytorch_model.bin") if (directory / name).is_file()), None)
+    weights = checkpoint_file(model.layout.transformer_dir)
     stat = weights.stat() if weights is not None else None
     return {
         "graph": GRAPH_VERSION,

@@ -15,15 +15,21 @@ PICKLE_REFUSED = (
 )
 
 
+def checkpoint_file(source: Path) -> Path | None:
+    """The one file holding the checkpoint's weights: model.safetensors, else pytorch_model.bin (None: sharded or
+    unusual checkpoints, which transformers loads)."""
+    return next((source / name for name in ("model.safetensors", "pytorch_model.bin") if (source / name).is_file()), None)
+
+
 def read_weights(source: Path) -> Any:
     """The checkpoint's tensors by name, without building a transformers model (None: let transformers load it)."""
     import torch
 
-    if (source / "model.safetensors").is_file():
-        return _Safetensors(source / "model.safetensors")
-    checkpoint = source / "pytorch_model.bin"
-    if not checkpoint.is_file():
-        return None  # sharded or unusual checkpoints
+    checkpoint = checkpoint_file(source)
+    if checkpoint is None:
+        return None
+    if checkpoint.suffix == ".safetensors":
+        return _Safetensors(checkpoint)
     try:
         try:
             return torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
