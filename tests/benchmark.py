@@ -23,6 +23,7 @@ sbert's default (and sbert on torch's backend) against ST bf16 and ST + OpenVINO
     python -m tests.benchmark --cache-figures      # re-runs with --cache, 10% new rows, duplicated texts
     python -m tests.benchmark --device cuda        # on a GPU: 100,000 rows, sbert's defaults vs ST .half() at batch 32/128/512
     python -m tests.benchmark --device cuda --rows 300000 --contenders sbert-auto,st-fp16-512
+    python -m tests.benchmark --device cuda --rows 300000 --contenders sbert-auto --profile   # the device path alone, and its kernels
     python -m tests.benchmark --device cuda --oom-check   # 60,000 rows of 256 tokens in one forced batch: recovers
 
 On a GPU the table adds real tokens/s (the corpus' tokens over the time after start-up), the share of the
@@ -289,7 +290,9 @@ def run_once(contender: Contender, setup: Setup, corpus: Path, out: Path) -> dic
     if contender.name.startswith("sbert"):
         precision = "fp32" if contender.name == "sbert-fp32" else "auto"
         backend = "torch" if contender.name == "sbert-torch" else "auto"
-        args = sbert_command(setup, corpus, out, "--precision", precision, "--backend", backend, "-q")
+        # On a GPU its own stage timings come along: which of reading, tokenizing, the device and writing bounds the run.
+        shown = "--verbose" if setup.device != "cpu" else "-q"
+        args = sbert_command(setup, corpus, out, "--precision", precision, "--backend", backend, shown)
     elif contender.name == "st-openvino":
         assert setup.openvino_python and setup.openvino_model
         args = [setup.openvino_python, "-c", PEER, contender.name, str(setup.openvino_model), str(corpus), str(out), "cpu", batch_size]
@@ -300,7 +303,8 @@ def run_once(contender: Contender, setup: Setup, corpus: Path, out: Path) -> dic
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"{contender.label} failed:\n{done.stderr[-3000:]}")
-    return {"seconds": seconds, **json.loads(done.stdout.strip().splitlines()[-1])}
+    stages = [line.removeprefix("sbert: ") for line in done.stderr.splitlines() if line.startswith("sbert: stages")]
+    return {"seconds": seconds, "stages": stages[-1] if stages else "", **json.loads(done.stdout.strip().splitlines()[-1])}
 
 
 def load_vectors(path: Path):
@@ -435,6 +439,7 @@ def main() -> None:
     parser.add_argument("--contenders", help="comma-separated names (default: all that apply here)")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda: sbert's defaults against sentence-transformers at fp16")
     parser.add_argument("--batch-size", type=int, help="rows a batch for every contender (default: 32 on CPU; on CUDA sbert's auto and each peer's own)")
+    parser.add_argument("--profile", action="store_true", help="on CUDA, after the table: sbert's forward alone on one window, and the kernels it spends its time in")
     parser.add_argument("--oom-check", action="store_true", help="on CUDA: 60,000 rows of 256 tokens forced into one batch, against a default run")
     parser.add_argument("--openvino-python", help="an interpreter that already has sentence-transformers[openvino] and pyarrow")
     parser.add_argument("--cache-figures", action="store_true", help="time --cache re-runs and duplicated texts instead")
@@ -481,6 +486,8 @@ def main() -> None:
         prepare_sbert(model_dir)
     for group_rows, names in groups:
         run_group(setup, work, [table[name] for name in names], group_rows, rounds, gpu)
+    if args.profile and gpu:
+        device_profile(setup, work / f"corpus-{groups[-1][0]}.jsonl")
 
 
 def prepare_sbert(model_dir: Path) -> None:
@@ -511,6 +518,8 @@ def run_group(setup: Setup, work: Path, contenders: list[Contender], rows: int, 
             result = run_once(contender, setup, corpus, work / f"out-{contender.name}.parquet")
             results.setdefault(contender.name, []).append(result)
             print(f"  round {round_index + 1}: {contender.label:40} {rows / result['seconds']:7.1f} rows/s", flush=True)
+            if result["stages"]:
+                print(f"    {result['stages']}", flush=True)
     peaks = {p: max(peaks[p], matmul_peak(p, device)) for p in precisions}  # the best of before and after
     print(f"\nGPU: {gpu_description()}" if gpu else f"\nCPU: {cpu_description()}")
     shape = "65536" if gpu else "2048"
@@ -518,6 +527,37 @@ def run_group(setup: Setup, work: Path, contenders: list[Contender], rows: int, 
     (report_gpu if gpu else report)(results, startup, contenders, rows, tokens, flops, peaks)
     parity(work, contenders)
     print("times are medians over rounds of whole processes (start to Parquet on disk); start-up is the same process on one row")
+
+
+def device_profile(setup: Setup, corpus: Path, window: int = 50_000) -> None:
+    """sbert's device path alone (padding, staging, forward, pooling, the copy back) on one window of the corpus,
+    in this process: its ceiling with reading, tokenizing and writing taken away, how busy the host thread is
+    meanwhile, and the GPU kernels the time goes to."""
+    import numpy as np
+    import torch
+
+    from sbert_cli.encoder import load_encoder
+    from sbert_cli.plan import BatchPlan
+
+    with corpus.open(encoding="utf-8") as lines:
+        texts = [json.loads(line)["text"] for _, line in zip(range(window), lines)]
+    encoder = load_encoder(str(setup.model_dir), device=setup.device)
+    tokens = encoder.tokenize(texts)
+    batches = BatchPlan().for_device(setup.device).cut(tokens.lengths)
+    out = np.zeros((len(tokens), encoder.info.dim), np.float32)
+    synchronize = torch.cuda.synchronize if setup.device != "cpu" else lambda: None
+    encoder.embed_batches(tokens, batches, out, lambda rows: None)  # every shape once before the timing
+    synchronize()
+    wall, host = time.perf_counter(), time.thread_time()
+    encoder.embed_batches(tokens, batches, out, lambda rows: None)
+    host, wall = time.thread_time() - host, time.perf_counter() - wall
+    real = int(tokens.lengths.sum())
+    print(f"\nsbert's device path alone, {len(texts):,} rows in {len(batches)} batches: {real / wall:,.0f} real tokens/s ({wall:.2f} s; the host thread busy {host:.2f} s of it)")
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if setup.device != "cpu" else [])
+    with torch.profiler.profile(activities=activities) as profiler:
+        encoder.embed_batches(tokens, batches[: max(1, len(batches) // 4)], out, lambda rows: None)
+        synchronize()
+    print(profiler.key_averages().table(sort_by="self_device_time_total", row_limit=14, max_name_column_width=60))
 
 
 def parity(work: Path, contenders: list[Contender]) -> None:

@@ -9,5 +9,5 @@ out=${1:?usage: tests/gpu_checks.sh DIR}
 mkdir -p "$out"
 cd "$(dirname "$0")/.."
 python3 -m tests.benchmark --device cuda --rows 100000 2>&1 | tee "$out/bench-100k.txt"
-python3 -m tests.benchmark --device cuda --rows 300000 --contenders sbert-auto,st-fp16-512 2>&1 | tee "$out/bench-300k.txt"
+python3 -m tests.benchmark --device cuda --rows 300000 --contenders sbert-auto,st-fp16-512 --profile 2>&1 | tee "$out/bench-300k.txt"
 python3 -m tests.benchmark --device cuda --oom-check 2>&1 | tee "$out/oom-check.txt"

@@ -123,3 +123,25 @@ def test_staging_on_a_cpu_device_hands_the_values_over() -> None:
     staging = Staging(torch.device("cpu"))
     values = np.arange(10, dtype=np.int32)
     assert staging.to_device(values).tolist() == list(range(10))
+
+
+def test_cuda_feeding_attends_without_cudnn_and_gives_the_setting_back(tiny_model_dir: Path) -> None:
+    """cuDNN's attention builds a plan per new batch shape (tens of ms each on a GPU): the feeder leaves it out while
+    it runs, and the process's own SDPA settings are as they were afterwards."""
+    import torch
+
+    encoder = load_encoder(str(tiny_model_dir), device="cpu", precision="fp32")
+    tokens = encoder.tokenize(sample_texts())
+    batches = BatchPlan(batch_size=4).for_device("cpu").cut(tokens.lengths)
+    feeder = feeder_for(encoder, tiny_model_dir)
+    forward, seen = feeder.forward, []
+
+    def recording(input_ids, mask):
+        seen.append((torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.mem_efficient_sdp_enabled()))
+        return forward(input_ids, mask)
+
+    feeder.forward = recording
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    run_feeder(feeder, tokens, batches, encoder.info.dim)
+    assert seen == [(False, True, True)] * len(batches)
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before

@@ -67,7 +67,7 @@ class DeviceFeeder:
 
         total = sum(len(rows) for rows in batches)
         filled = 0
-        with torch.inference_mode():
+        with torch.inference_mode(), shape_free_attention():
             vectors = torch.empty((total, out.shape[1]), dtype=torch.float32, device=self.device)
 
             def run_batch(rows: np.ndarray) -> None:
@@ -92,6 +92,16 @@ class DeviceFeeder:
         padded = int(lengths.min()) < longest
         mask = torch.arange(longest, device=self.device) < staged[count * longest :, None] if padded else None
         return sentence_vectors(self.forward(input_ids, mask), mask, self.target.pooling, self.target.head)
+
+
+def shape_free_attention() -> Any:
+    """Attention by SDPA kernels that need nothing set up per shape: flash for batches without padding,
+    memory-efficient for those with, math where neither runs. cuDNN's attention, which PyTorch prefers on Hopper,
+    builds and caches a plan for each (rows, tokens) it meets; a window's batches are tens of new shapes, and on an
+    H200 a 300,000-row run's forward stage took 18.7 s where the same batches, once seen, took 6.7 s."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 class Staging:
