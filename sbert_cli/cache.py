@@ -24,6 +24,8 @@ from sbert_cli.model.description import MODEL_FILE_PATTERNS, OPENVINO_CONVERSION
 FORMAT = "sbert-vector-cache"
 VERSION = "1"
 _LOOKUP_CHUNK = 30_000  # under SQLite's limit on bound parameters; a default window is one query
+BUSY_SECONDS = 600  # how long a run waits on another run's write to the cache before it gives up
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sbert_cache (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS profiles (
@@ -69,14 +71,29 @@ class CacheFile:
             raise problem
         self.lock = threading.Lock()
         with self.errors("open"):
-            self.db = sqlite3.connect(path, timeout=600, isolation_level=None, check_same_thread=False)
+            self.db = sqlite3.connect(path, timeout=BUSY_SECONDS, isolation_level=None, check_same_thread=False)
             if self._check_format():
                 return
-            self.db.execute("PRAGMA journal_mode=WAL")
+            self._use_wal()
             with self.transaction():
                 for statement in filter(str.strip, _SCHEMA.split(";")):
                     self.db.execute(statement)
                 self.db.executemany("INSERT OR IGNORE INTO sbert_cache VALUES (?, ?)", [("format", FORMAT), ("version", VERSION)])
+
+    def _use_wal(self) -> None:
+        """Switch a new cache to WAL. SQLite refuses the switch at once ("database is locked"), without waiting out
+        the busy timeout, while another connection is in the file: two runs creating one cache together meet that,
+        so the switch is tried again for as long as that timeout. Once one run has switched, the others' switch is
+        a no-op."""
+        deadline = time.monotonic() + BUSY_SECONDS
+        while True:
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.01)
 
     def _check_format(self) -> bool:
         """True for an sbert cache; False for a new, empty database; anything else is refused untouched."""

@@ -160,6 +160,41 @@ def test_two_runs_can_write_one_cache_at_once(tmp_path: Path) -> None:
         assert db.execute("SELECT count(*) FROM vectors").fetchone()[0] == 300
 
 
+def _open_cache_when_released(path: str, start, results) -> None:
+    from sbert_cli.cache import CacheFile
+
+    start.wait()
+    try:
+        CacheFile(path).close()
+        results.put("opened")
+    except Exception as exc:  # reported to the test, which names it
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_runs_that_create_one_cache_together_all_open_it(tmp_path: Path) -> None:
+    """Cron jobs started in the same second on a cache that does not exist yet: every one opens it (SQLite refuses
+    the switch to WAL at once while another connection is in the file, without waiting; it is retried)."""
+    import multiprocessing
+
+    # Children forked from a server with nothing running but the cache module loaded: quick to start, and no
+    # thread of the test process (moto's server) is copied into them holding a lock.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["sbert_cli.cache", "tests.test_cache"])
+    runs = 6  # four together met the refusal in about a third of tries; six, in nearly every one
+    for attempt in range(12):
+        path = str(tmp_path / f"c{attempt}.sqlite")
+        start, results = context.Barrier(runs), context.Queue()
+        processes = [context.Process(target=_open_cache_when_released, args=(path, start, results)) for _ in range(runs)]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(timeout=60)
+        assert [results.get(timeout=5) for _ in processes] == ["opened"] * runs
+        with sqlite3.connect(path) as db:
+            assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert dict(db.execute("SELECT name, value FROM sbert_cache"))["format"]
+
+
 def test_a_foreign_or_damaged_file_is_refused_untouched(tmp_path: Path, fake_encoder: FakeEncoder) -> None:
     source = sample_input(tmp_path, ["一", "二"])
     text_file = tmp_path / "notes.txt"
