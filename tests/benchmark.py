@@ -531,8 +531,8 @@ def run_group(setup: Setup, work: Path, contenders: list[Contender], rows: int, 
 
 def device_profile(setup: Setup, corpus: Path, window: int = 50_000) -> None:
     """sbert's device path alone (padding, staging, forward, pooling, the copy back) on one window of the corpus,
-    in this process: its ceiling with reading, tokenizing and writing taken away, how busy the host thread is
-    meanwhile, and the GPU kernels the time goes to."""
+    in this process: the first pass (every batch shape new, as in a run) and a second (its ceiling with reading,
+    tokenizing and writing taken away), how busy the host thread is, and the GPU kernels the time goes to."""
     import numpy as np
     import torch
 
@@ -546,13 +546,15 @@ def device_profile(setup: Setup, corpus: Path, window: int = 50_000) -> None:
     batches = BatchPlan().for_device(setup.device).cut(tokens.lengths)
     out = np.zeros((len(tokens), encoder.info.dim), np.float32)
     synchronize = torch.cuda.synchronize if setup.device != "cpu" else lambda: None
-    encoder.embed_batches(tokens, batches, out, lambda rows: None)  # every shape once before the timing
+    first = time.perf_counter()
+    encoder.embed_batches(tokens, batches, out, lambda rows: None)  # every shape new: what a run's windows meet
     synchronize()
+    first = time.perf_counter() - first
     wall, host = time.perf_counter(), time.thread_time()
     encoder.embed_batches(tokens, batches, out, lambda rows: None)
     host, wall = time.thread_time() - host, time.perf_counter() - wall
     real = int(tokens.lengths.sum())
-    print(f"\nsbert's device path alone, {len(texts):,} rows in {len(batches)} batches: {real / wall:,.0f} real tokens/s ({wall:.2f} s; the host thread busy {host:.2f} s of it)")
+    print(f"\nsbert's device path alone, {len(texts):,} rows in {len(batches)} batches: {real / wall:,.0f} real tokens/s ({wall:.2f} s; the host thread busy {host:.2f} s of it); the first pass, every shape new: {first:.2f} s")
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if setup.device != "cpu" else [])
     with torch.profiler.profile(activities=activities) as profiler:
         encoder.embed_batches(tokens, batches[: max(1, len(batches) // 4)], out, lambda rows: None)

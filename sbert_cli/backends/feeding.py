@@ -98,7 +98,8 @@ def shape_free_attention() -> Any:
     """Attention by SDPA kernels that need nothing set up per shape: flash for batches without padding,
     memory-efficient for those with, math where neither runs. cuDNN's attention, which PyTorch prefers on Hopper,
     builds and caches a plan for each (rows, tokens) it meets; a window's batches are tens of new shapes, and on an
-    H200 a 300,000-row run's forward stage took 18.7 s where the same batches, once seen, took 6.7 s."""
+    H200 a 300,000-row run's forward stage took 18.7 s; at the rate its batches ran once their shapes were known,
+    it would have taken 6.7 s."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
