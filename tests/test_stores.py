@@ -356,3 +356,15 @@ def test_a_malformed_endpoint_is_one_line(bucket: Bucket, tmp_path: Path, fake_e
     result = run("encode", bucket.url("in.jsonl"), "-o", tmp_path / "out.parquet")
     assert result.exit_code == 2
     assert error_of(result) == "sbert: error: AWS_ENDPOINT_URL=minio.internal:9000: expected http://HOST[:PORT] or https://HOST[:PORT]"
+
+
+@pytest.mark.parametrize("kind", ["npy", "jsonl"])
+def test_int8_ranges_sidecar_goes_to_the_store_beside_its_vectors(bucket: Bucket, tmp_path: Path, fake_encoder: FakeEncoder, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # a sidecar path that lost its store would land here, under "s3:"
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(encoded("jsonl", IDS, TEXTS))
+    result = run("encode", source, "-o", bucket.url(f"out.{kind}"), "--id-column", "id", "--dtype", "int8")
+    assert result.exit_code == 0, result.output
+    assert "out.quantization.json" in bucket.listing()
+    assert json.loads(bucket.get("out.quantization.json"))["dtype"] == "int8"
+    assert not (tmp_path / "s3:").exists()

@@ -51,7 +51,7 @@ def ids_path(path: str) -> str:
 
 def quantization_path(path: str) -> str:
     """The sidecar of a .npy or .jsonl output holding int8/uint8 ranges: vectors.npy -> vectors.quantization.json."""
-    return str(Path(path).with_suffix(".quantization.json"))
+    return str(location(path).with_suffix(".quantization.json"))
 
 
 def rejects_path(path: str) -> str:
