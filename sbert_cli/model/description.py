@@ -10,7 +10,7 @@ from sbert_cli.errors import ModelError, UsageError, first_line
 from sbert_cli.job import ModelOptions
 from sbert_cli.model.card import read_card, resolve_prompt
 from sbert_cli.model.device import pick_device, pick_precision
-from sbert_cli.model.modules import HeadLayer, NormalizeLayer, PoolingConfig, full_head, head_dim, read_dense, read_json, read_pooling
+from sbert_cli.model.modules import HeadLayer, NormalizeLayer, PoolingConfig, ends_normalized, full_head, head_dim, read_dense, read_json, read_pooling
 
 # Files a sentence-transformers or transformers checkpoint needs; skips ONNX/OpenVINO/TF copies.
 MODEL_FILE_PATTERNS = ("*.json", "*.txt", "*.model", "*.safetensors", "pytorch_model*.bin")
@@ -41,11 +41,15 @@ class ModelLayout:
 
     transformer_dir: Path
     pooling: str
-    normalize: bool  # a Normalize module is last
     max_seq_length: int | None
     do_lower_case: bool
     include_prompt: bool = True  # the pooling counts the prompt's tokens
     head: tuple[HeadLayer, ...] = ()  # the modules after pooling, in order (Dense, Normalize)
+
+    @property
+    def normalize(self) -> bool:
+        """The model's own modules end in Normalize."""
+        return ends_normalized(self.head)
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,7 @@ def describe_model(options: ModelOptions) -> ModelDescription:
         name=options.model,
         dim=head_dim(head, hidden, directory),
         pooling=layout.pooling,
-        normalize=bool(head) and isinstance(head[-1], NormalizeLayer),
+        normalize=ends_normalized(head),
         max_length=_pick_max_length(layout, config, options.max_length),
         precision=pick_precision(options.precision, device),
         device=device,
@@ -127,7 +131,7 @@ def read_layout(model_dir: Path) -> ModelLayout:
     if not modules_file.exists():
         if not (model_dir / "config.json").exists():
             raise ModelError(f"{model_dir}: no config.json or modules.json; this is not a model directory")
-        return ModelLayout(model_dir, "mean", False, None, False)
+        return ModelLayout(model_dir, "mean", None, False)
     transformer_dir: Path | None = None
     pooling = PoolingConfig()
     head: list[HeadLayer] = []
@@ -149,7 +153,6 @@ def read_layout(model_dir: Path) -> ModelLayout:
     return ModelLayout(
         transformer_dir=transformer_dir,
         pooling=pooling.mode,
-        normalize=bool(head) and isinstance(head[-1], NormalizeLayer),
         max_seq_length=st_config.get("max_seq_length"),
         do_lower_case=bool(st_config.get("do_lower_case", False)),
         include_prompt=pooling.include_prompt,

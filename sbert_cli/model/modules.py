@@ -125,10 +125,15 @@ def head_dim(layers: tuple[HeadLayer, ...], pooled_dim: int, where: Path) -> int
     return dim
 
 
+def ends_normalized(head: tuple[HeadLayer, ...]) -> bool:
+    """Whether the head's vectors come out L2-normalised: a Normalize is its last layer."""
+    return bool(head) and isinstance(head[-1], NormalizeLayer)
+
+
 def full_head(layers: tuple[HeadLayer, ...], truncate_dim: int | None, normalize: bool) -> tuple[HeadLayer, ...]:
     """The model's own head, then --truncate-dim, then --normalize (as sentence-transformers orders truncate_dim and
     normalize_embeddings); a Normalize already last is not repeated."""
     head = layers + ((TruncateLayer(truncate_dim),) if truncate_dim is not None else ())
-    if normalize and not (head and isinstance(head[-1], NormalizeLayer)):
+    if normalize and not ends_normalized(head):
         head += (NormalizeLayer(),)
     return head
