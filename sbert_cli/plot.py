@@ -13,6 +13,7 @@ from sbert_cli.errors import UsageError
 from sbert_cli.evaluate import PairScore
 from sbert_cli.io.paths import temporary_path
 from sbert_cli.io.writers import output_errors
+from sbert_cli.report import correlation_text
 from sbert_cli.words import plural
 
 _PROBE = "中文"
@@ -40,8 +41,7 @@ def plot_scores(scores: Sequence[PairScore], path: str) -> str | None:
         levels = np.unique(score.labels)
         spread = 0.3 * float(np.min(np.diff(levels))) if 1 < len(levels) <= 10 else 0.0  # discrete labels: spread the columns
         axis.scatter(score.labels + jitter.uniform(-spread / 2, spread / 2, len(score.labels)), score.similarities, s=6, alpha=0.35)
-        spearman = "undefined" if score.spearman is None else f"{score.spearman:.2f}"
-        title = f"{name}\nSpearman {spearman} ({plural(score.pairs, 'pair')})"
+        title = f"{name}\nSpearman {correlation_text(score.spearman)} ({plural(score.pairs, 'pair')})"
         axis.set_title(title, fontproperties=font) if font is not None else axis.set_title(title)
         axis.set_xlabel("gold label")
         axis.set_ylabel(score.similarity)

@@ -100,8 +100,8 @@ def scores_table(scores: Sequence[PairScore], terminal: bool) -> str:
     table = render_table(
         ["", *(score.name for score in scores)],
         [
-            ["spearman", *(_correlation(score.spearman) for score in scores)],
-            ["pearson", *(_correlation(score.pearson) for score in scores)],
+            ["spearman", *(correlation_text(score.spearman) for score in scores)],
+            ["pearson", *(correlation_text(score.pearson) for score in scores)],
             ["pairs", *(str(score.pairs) for score in scores)],
         ],
         terminal,
@@ -113,7 +113,8 @@ def scores_table(scores: Sequence[PairScore], terminal: bool) -> str:
     return "\n".join(lines)
 
 
-def _correlation(value: float | None) -> str:
+def correlation_text(value: float | None) -> str:
+    """A correlation x100 as the table and the plot show it: two decimals, or 'undefined'."""
     return "undefined" if value is None else f"{value:.2f}"
 
 
