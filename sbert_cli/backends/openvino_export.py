@@ -26,12 +26,15 @@ def conversion_options(model: ModelDescription) -> dict[str, Any]:
     import torch
 
     weights = checkpoint_file(model.layout.transformer_dir)
-    stat = weights.stat() if weights is not None else None
+    identity = None
+    if weights is not None:
+        stat = weights.stat()
+        identity = {"file": weights.name, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     return {
         "graph": GRAPH_VERSION,
         "openvino": openvino.__version__,
         "torch": torch.__version__,
-        "weights": None if weights is None or stat is None else {"file": weights.name, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns},
+        "weights": identity,
         "config": model.config,
         "inputs": {"input_ids": "int32 [rows, tokens]", "attention_mask": "bool [rows, tokens]"},
         "output": "float32 token states [rows, tokens, hidden]",
