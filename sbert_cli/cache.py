@@ -19,7 +19,8 @@ import numpy as np
 from sbert_cli.errors import CacheError, SbertError, UsageError
 from sbert_cli.io.storage import is_url
 from sbert_cli.io.writers import file_digest
-from sbert_cli.model.description import MODEL_FILE_PATTERNS, OPENVINO_CONVERSIONS
+from sbert_cli.model.derived import DERIVED_FOLDERS
+from sbert_cli.model.description import MODEL_FILE_PATTERNS
 
 FORMAT = "sbert-vector-cache"
 VERSION = "1"
@@ -179,9 +180,9 @@ class Profiles:
         return Profile(profile_id, digest)
 
     def _fingerprint(self, directory: Path) -> str:
-        """SHA-256 over every weight, config and vocabulary file (not sbert's OpenVINO conversions of them)."""
+        """SHA-256 over every weight, config and vocabulary file (not what sbert derived from them: model.derived)."""
         found = {path for pattern in MODEL_FILE_PATTERNS for path in directory.rglob(pattern) if path.is_file()}
-        files = sorted(path for path in found if OPENVINO_CONVERSIONS not in path.relative_to(directory).parts)
+        files = sorted(path for path in found if not set(DERIVED_FOLDERS) & set(path.relative_to(directory).parts))
         digest = hashlib.sha256()
         for path in files:
             digest.update(str(path.relative_to(directory)).encode() + b"\0" + self._file_sha256(path).encode())

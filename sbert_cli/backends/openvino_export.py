@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 from sbert_cli.backends.bert import TorchLinears, bert_from_checkpoint
 from sbert_cli.backends.weights import checkpoint_file
-from sbert_cli.model.description import OPENVINO_CONVERSIONS, ModelDescription
+from sbert_cli.model.derived import OPENVINO_CONVERSIONS, derived_key, derived_roots, find_derived, write_derived
+from sbert_cli.model.description import ModelDescription
 
 # Raised whenever the traced graph changes, so that a conversion an older sbert made is never reused.
 GRAPH_VERSION = 1
@@ -44,56 +41,29 @@ def conversion_options(model: ModelDescription) -> dict[str, Any]:
 def converted_model(model: ModelDescription) -> Path | None:
     """The model's OpenVINO IR (model.xml): the one on disk for these options, else converted now and saved.
 
-    Saved in the model's directory when it is writable, else in the user's cache directory. A conversion is
-    written into a temporary folder and renamed into place whole, so a reader (or a concurrent run) never sees
-    half of one. None when the checkpoint is not one sbert's BERT reads (transformers' backend runs it instead).
+    Saved in the model's directory when it is writable, else in the user's cache directory, written whole
+    (model.derived). None when the checkpoint is not one sbert's BERT reads (transformers' backend runs it instead).
     """
     options = conversion_options(model)
     if options["weights"] is None:
         return None
-    key = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:20]
-    roots = conversion_roots(model)
-    for root in roots:
-        if (root / key / "model.xml").is_file():
-            return root / key / "model.xml"
-    for root in roots:
-        try:
-            staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=_made(root)))
-        except OSError:
-            continue  # not writable: the next place
-        return _convert_into(model, options, staging, root / key)
-    return None
+    key = derived_key(options)
+    roots = derived_roots(model.layout.transformer_dir, OPENVINO_CONVERSIONS, "openvino")
+    folder = find_derived(roots, key, "options.json") or write_derived(roots, key, "options.json", lambda staging: _convert_into(model, options, staging))
+    return None if folder is None else folder / "model.xml"
 
 
-def conversion_roots(model: ModelDescription) -> list[Path]:
-    """Where conversions are kept, in order: beside the model (one folder per set of options), then the user's cache directory."""
-    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return [model.layout.transformer_dir / OPENVINO_CONVERSIONS, cache_home / "sbert" / "openvino"]
-
-
-def _made(root: Path) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
-def _convert_into(model: ModelDescription, options: dict[str, Any], staging: Path, final: Path) -> Path | None:
-    """Trace, convert and save into `staging`, then rename it to `final`; the path of final's model.xml."""
+def _convert_into(model: ModelDescription, options: dict[str, Any], staging: Path) -> bool:
+    """Trace, convert and save into `staging` (the options last, marking it complete); False where sbert's BERT does
+    not read the checkpoint."""
     import openvino
 
-    try:
-        graph = trace_openvino(model)
-        if graph is None:
-            return None
-        openvino.save_model(graph, staging / "model.xml", compress_to_fp16=False)  # fp32 weights: the precision is chosen at compile
-        (staging / "options.json").write_text(json.dumps(options, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        try:
-            staging.rename(final)
-        except OSError:
-            if not (final / "model.xml").is_file():  # not a concurrent run that got there first
-                raise
-        return final / "model.xml"
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    graph = trace_openvino(model)
+    if graph is None:
+        return False
+    openvino.save_model(graph, staging / "model.xml", compress_to_fp16=False)  # fp32 weights: the precision is chosen at compile
+    (staging / "options.json").write_text(json.dumps(options, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    return True
 
 
 def trace_openvino(model: ModelDescription) -> Any:

@@ -14,9 +14,6 @@ from sbert_cli.model.modules import HeadLayer, NormalizeLayer, PoolingConfig, en
 
 # Files a sentence-transformers or transformers checkpoint needs; skips ONNX/OpenVINO/TF copies.
 MODEL_FILE_PATTERNS = ("*.json", "*.txt", "*.model", "*.safetensors", "pytorch_model*.bin")
-# The folder in a model's transformer directory where sbert keeps its OpenVINO conversions (backends.openvino_export):
-# derived from the model's files, so never part of what identifies the model.
-OPENVINO_CONVERSIONS = "sbert-openvino"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,63 @@
+"""Files sbert derives once from a model's own (its OpenVINO conversion, its saved tokenizer): one folder per key,
+kept beside the model or in the user's cache, each written whole."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+# The folders in a model's transformer directory where sbert keeps what it derives from the model's files: never part
+# of what identifies the model (the --cache fingerprint skips them).
+OPENVINO_CONVERSIONS = "sbert-openvino"
+SAVED_TOKENIZERS = "sbert-tokenizer"
+DERIVED_FOLDERS = (OPENVINO_CONVERSIONS, SAVED_TOKENIZERS)
+
+
+def derived_key(options: dict[str, Any]) -> str:
+    """The folder name for what was derived under these options: any change to them makes a new folder."""
+    return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def derived_roots(model_dir: Path, folder: str, cache_name: str) -> list[Path]:
+    """Where derived folders are kept, in order: beside the model, then the user's cache directory."""
+    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return [model_dir / folder, cache_home / "sbert" / cache_name]
+
+
+def find_derived(roots: list[Path], key: str, marker: str) -> Path | None:
+    """The first root's `key` folder that holds `marker` (the file written last), or None."""
+    for root in roots:
+        if (root / key / marker).is_file():
+            return root / key
+    return None
+
+
+def write_derived(roots: list[Path], key: str, marker: str, write: Callable[[Path], bool]) -> Path | None:
+    """Make the `key` folder in the first writable root: `write` fills a temporary folder (False: nothing to keep),
+    which is then renamed into place whole, so that a reader (or a concurrent run) never sees half of one. None where
+    no root is writable or `write` kept nothing."""
+    for root in roots:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
+        except OSError:
+            continue  # not writable: the next place
+        final = root / key
+        try:
+            if not write(staging):
+                return None
+            try:
+                staging.rename(final)
+            except OSError:
+                if not (final / marker).is_file():  # not a concurrent run that got there first
+                    raise
+            return final
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return None
