@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any
 
 from sbert_cli.backends.bert import TorchLinears, bert_from_checkpoint
 from sbert_cli.backends.weights import checkpoint_file
-from sbert_cli.model.derived import OPENVINO_CONVERSIONS, derived_key, derived_roots, find_derived, write_derived
+from sbert_cli.model.derived import OPENVINO_CONVERSIONS, derived_roots, find_derived, write_derived
 from sbert_cli.model.description import ModelDescription
 
 # Raised whenever the traced graph changes, so that a conversion an older sbert made is never reused.
@@ -47,22 +46,19 @@ def converted_model(model: ModelDescription) -> Path | None:
     options = conversion_options(model)
     if options["weights"] is None:
         return None
-    key = derived_key(options)
     roots = derived_roots(model.layout.transformer_dir, OPENVINO_CONVERSIONS, "openvino")
-    folder = find_derived(roots, key, "options.json") or write_derived(roots, key, "options.json", lambda staging: _convert_into(model, options, staging))
+    folder = find_derived(roots, options) or write_derived(roots, options, lambda staging: _convert_into(model, staging))
     return None if folder is None else folder / "model.xml"
 
 
-def _convert_into(model: ModelDescription, options: dict[str, Any], staging: Path) -> bool:
-    """Trace, convert and save into `staging` (the options last, marking it complete); False where sbert's BERT does
-    not read the checkpoint."""
+def _convert_into(model: ModelDescription, staging: Path) -> bool:
+    """Trace, convert and save into `staging`; False where sbert's BERT does not read the checkpoint."""
     import openvino
 
     graph = trace_openvino(model)
     if graph is None:
         return False
     openvino.save_model(graph, staging / "model.xml", compress_to_fp16=False)  # fp32 weights: the precision is chosen at compile
-    (staging / "options.json").write_text(json.dumps(options, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     return True
 
 

@@ -19,6 +19,9 @@ SAVED_TOKENIZERS = "sbert-tokenizer"
 DERIVED_FOLDERS = (OPENVINO_CONVERSIONS, SAVED_TOKENIZERS)
 
 
+OPTIONS_FILE = "options.json"  # what a folder was derived under; written last, so its presence marks a complete folder
+
+
 def derived_key(options: dict[str, Any]) -> str:
     """The folder name for what was derived under these options: any change to them makes a new folder."""
     return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:20]
@@ -30,18 +33,20 @@ def derived_roots(model_dir: Path, folder: str, cache_name: str) -> list[Path]:
     return [model_dir / folder, cache_home / "sbert" / cache_name]
 
 
-def find_derived(roots: list[Path], key: str, marker: str) -> Path | None:
-    """The first root's `key` folder that holds `marker` (the file written last), or None."""
+def find_derived(roots: list[Path], options: dict[str, Any]) -> Path | None:
+    """The first root's complete folder for these options, or None."""
+    key = derived_key(options)
     for root in roots:
-        if (root / key / marker).is_file():
+        if (root / key / OPTIONS_FILE).is_file():
             return root / key
     return None
 
 
-def write_derived(roots: list[Path], key: str, marker: str, write: Callable[[Path], bool]) -> Path | None:
-    """Make the `key` folder in the first writable root: `write` fills a temporary folder (False: nothing to keep),
-    which is then renamed into place whole, so that a reader (or a concurrent run) never sees half of one. None where
-    no root is writable or `write` kept nothing."""
+def write_derived(roots: list[Path], options: dict[str, Any], write: Callable[[Path], bool]) -> Path | None:
+    """Make the folder for these options in the first writable root: `write` fills a temporary folder (False: nothing
+    to keep), the options are recorded last, and the folder is renamed into place whole, so that a reader (or a
+    concurrent run) never sees half of one. None where no root is writable or `write` kept nothing."""
+    key = derived_key(options)
     for root in roots:
         try:
             root.mkdir(parents=True, exist_ok=True)
@@ -52,10 +57,11 @@ def write_derived(roots: list[Path], key: str, marker: str, write: Callable[[Pat
         try:
             if not write(staging):
                 return None
+            (staging / OPTIONS_FILE).write_text(json.dumps(options, indent=1, sort_keys=True) + "\n", encoding="utf-8")
             try:
                 staging.rename(final)
             except OSError:
-                if not (final / marker).is_file():  # not a concurrent run that got there first
+                if not (final / OPTIONS_FILE).is_file():  # not a concurrent run that got there first
                     raise
             return final
         finally:

@@ -9,12 +9,12 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from sbert_cli.model.derived import SAVED_TOKENIZERS, derived_key, derived_roots, find_derived, write_derived
+from sbert_cli.model.derived import SAVED_TOKENIZERS, derived_roots, find_derived, write_derived
 from sbert_cli.model.description import ModelDescription
 
 # Raised whenever what is saved changes, so that a folder an older sbert wrote is never read.
 FORMAT_VERSION = 1
-FACTS_FILE = "facts.json"  # written last: its presence marks a complete folder
+FACTS_FILE = "facts.json"
 TOKENIZER_FILE = "tokenizer.json"
 # The files transformers builds a tokenizer from, in the model's transformer directory (weights never matter).
 TOKENIZER_INPUTS = ("*.json", "*.txt", "*.model")
@@ -36,15 +36,17 @@ def saved_options(model: ModelDescription) -> dict[str, Any]:
     size and modification time). Any change makes a new folder."""
     directory = model.layout.transformer_dir
     files = sorted({path for pattern in TOKENIZER_INPUTS for path in directory.glob(pattern) if path.is_file()})
-    inputs = {path.name: [path.stat().st_size, path.stat().st_mtime_ns] for path in files}
+    inputs: dict[str, list[int]] = {}
+    for path in files:
+        stat = path.stat()
+        inputs[path.name] = [stat.st_size, stat.st_mtime_ns]
     return {"format": FORMAT_VERSION, "transformers": _version("transformers"), "tokenizers": _version("tokenizers"), "files": inputs}
 
 
 def load_saved_tokenizer(model: ModelDescription) -> tuple[Any, TokenizerFacts] | None:
     """The saved Rust tokenizer and its facts, or None where there is none for the model's files as they are now (or
     it cannot be read: transformers then builds the tokenizer again)."""
-    options = saved_options(model)
-    folder = find_derived(_roots(model), derived_key(options), FACTS_FILE)
+    folder = find_derived(_roots(model), saved_options(model))
     if folder is None:
         return None
     import tokenizers
@@ -59,16 +61,13 @@ def load_saved_tokenizer(model: ModelDescription) -> tuple[Any, TokenizerFacts] 
 
 def save_tokenizer(model: ModelDescription, backend: Any, facts: TokenizerFacts) -> Path | None:
     """Save the Rust tokenizer and its facts for later runs; None where no place is writable."""
-    options = saved_options(model)
-
     def write(staging: Path) -> bool:
         backend.save(str(staging / TOKENIZER_FILE))
-        (staging / "options.json").write_text(json.dumps(options, indent=1, sort_keys=True) + "\n", encoding="utf-8")
         (staging / FACTS_FILE).write_text(json.dumps(asdict(facts), indent=1) + "\n", encoding="utf-8")
         return True
 
     try:
-        return write_derived(_roots(model), derived_key(options), FACTS_FILE, write)
+        return write_derived(_roots(model), saved_options(model), write)
     except Exception:  # a full disk, or a tokenizer with parts in Python that cannot be saved: runs build it as before
         return None
 
