@@ -18,7 +18,7 @@ from sbert_cli.help_format import PlainHelpCommand, PlainHelpGroup
 from sbert_cli.io.pipe import confirm_delivered
 from sbert_cli.io.readers import InputFormat
 from sbert_cli.job import DEFAULT_MODEL, BackendChoice, Dtype, EncodeJob, Engine, ModelOptions, OnError, Precision, Similarity
-from sbert_cli.plan import DEVICE_DEFAULTS
+from sbert_cli.plan import DEVICE_DEFAULTS, OPENVINO_BATCH_SHAPE
 
 if TYPE_CHECKING:
     from sbert_cli.cache import VectorCache
@@ -79,8 +79,11 @@ PromptNameOption = Annotated[Optional[str], typer.Option(rich_help_panel=MODEL, 
 TruncateDimOption = Annotated[Optional[int], typer.Option(min=1, rich_help_panel=MODEL, help="Keep the first N dimensions of each vector, after the model's own modules (sentence-transformers' truncate_dim).")]
 SimilarityOption = Annotated[Optional[Similarity], typer.Option(rich_help_panel=MODEL, show_default="the model's similarity_fn_name, else cosine", help="How two vectors are compared; euclidean and manhattan give negative distances, as sentence-transformers does.")]
 def _auto(option: str) -> str:
-    """What auto means for a batching option, for --help: the CPU's and the GPU's defaults."""
-    return f"auto: {getattr(DEVICE_DEFAULTS['cpu'], option)} on a CPU, {getattr(DEVICE_DEFAULTS['cuda'], option)} on CUDA"
+    """What auto means for a batching option, for --help: the CPU's (and OpenVINO's, where it has its own) and the GPU's defaults."""
+    cpu = f"{getattr(DEVICE_DEFAULTS['cpu'], option)} on a CPU"
+    if hasattr(OPENVINO_BATCH_SHAPE, option):
+        cpu += f" ({getattr(OPENVINO_BATCH_SHAPE, option)} on OpenVINO)"
+    return f"auto: {cpu}, {getattr(DEVICE_DEFAULTS['cuda'], option)} on CUDA"
 
 
 BatchSizeOption = Annotated[Optional[int], typer.Option(min=1, rich_help_panel=BATCHING, show_default=_auto("batch_size"), help="Most rows in one forward pass.")]

@@ -67,8 +67,10 @@ class ModelSource:
         return cls(handle.info, handle.load, cache=cache, handle=handle, notice=notice)
 
     def plan(self, plan: BatchPlan) -> BatchPlan:
-        """`plan` within the token budget the device has shown it can take."""
-        return plan.with_token_budget(self.token_budget)
+        """`plan` with the loaded backend's own batch shape where the user left it auto, within the token budget the
+        device has shown it can take."""
+        shape = self._encoder.batch_shape if self._encoder is not None else None
+        return plan.for_backend(shape).with_token_budget(self.token_budget)
 
     def cut_budget(self, failed_tokens: int, stats: EncodeStats) -> None:
         """A batch of `failed_tokens` padded tokens ran out of device memory: batches hold at most half that from now on."""
@@ -141,6 +143,7 @@ def prepare_texts(texts: list[str], source: ModelSource, plan: BatchPlan, stats:
         stats.stage_seconds["cache"] += time.perf_counter() - started
     if work.missing:
         encoder = source.encoder()  # loaded on the first miss; its load time is reported apart
+        work.plan = source.plan(plan)  # now with the backend's batch shape
         started = time.perf_counter()
         work.tokens = encoder.tokenize([unique[index] for index in work.missing])
         work.n_tokens[work.missing] = work.tokens.n_tokens

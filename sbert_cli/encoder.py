@@ -19,12 +19,14 @@ from sbert_cli.model.description import ModelDescription, ModelInfo, describe_mo
 from sbert_cli.model.device import available_cores
 from sbert_cli.model.tokenizer import Tokenizer
 from sbert_cli.model.tokens import Tokenized
+from sbert_cli.plan import BatchShape
 
 
 class Encoder(Protocol):
     """What the run needs from a model; tests use a fake with the same shape."""
 
     info: ModelInfo
+    batch_shape: BatchShape | None  # the rows and tokens a batch its backend runs fastest at; None: the device's defaults
 
     def tokenize(self, texts: list[str]) -> Tokenized: ...
 
@@ -95,6 +97,7 @@ class TransformerEncoder:
         skip = 0 if model.layout.include_prompt else self.texts_to_tokens.prompt_length
         self.target = Target(device, dtype, self.pad_id, Pooling(model.info.pooling, skip), Head(model.head, device), threads)
         self.backend: Backend = load_backend(model, self.target)
+        self.batch_shape = self.backend.batch_shape
         self._fp32: TransformerEncoder | None = None
 
     @property

@@ -272,14 +272,14 @@ class Setup:
     openvino_model: Path | None
     openvino_python: str | None
     device: str
-    batch_size: int | None  # for every contender; None: 32 on a CPU, and on CUDA sbert's auto and each peer's own
+    batch_size: int | None  # for every contender; None: sbert's auto, and each peer's own (ST's is 32)
 
 
 def sbert_command(setup: Setup, corpus: Path, out: Path, *options: str) -> list[str]:
     """`sbert encode` as a user runs it, in a child that prints its peak memory."""
     args = [sys.executable, "-c", SBERT, "encode", str(corpus), "-o", str(out), "--model", str(setup.model_dir), "--device", setup.device]
-    if setup.batch_size is not None or setup.device == "cpu":
-        args += ["--batch-size", str(setup.batch_size or 32)]
+    if setup.batch_size is not None:
+        args += ["--batch-size", str(setup.batch_size)]
     return [*args, *options]
 
 
@@ -438,7 +438,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--contenders", help="comma-separated names (default: all that apply here)")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda: sbert's defaults against sentence-transformers at fp16")
-    parser.add_argument("--batch-size", type=int, help="rows a batch for every contender (default: 32 on CPU; on CUDA sbert's auto and each peer's own)")
+    parser.add_argument("--batch-size", type=int, help="rows a batch for every contender (default: sbert's auto and each peer's own)")
     parser.add_argument("--profile", action="store_true", help="on CUDA, after the table: sbert's forward alone on one window, and the kernels it spends its time in")
     parser.add_argument("--oom-check", action="store_true", help="on CUDA: 60,000 rows of 256 tokens forced into one batch, against a default run")
     parser.add_argument("--openvino-python", help="an interpreter that already has sentence-transformers[openvino] and pyarrow")

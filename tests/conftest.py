@@ -12,6 +12,7 @@ import pytest
 
 from sbert_cli.model.description import ModelInfo
 from sbert_cli.model.tokens import Tokenized
+from sbert_cli.plan import BatchShape
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = ROOT / "sample_data"
@@ -143,8 +144,9 @@ def chinese_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class FakeEncoder:
     """A deterministic stand-in: each row's vector depends only on its own tokens, so order bugs show."""
 
-    def __init__(self, dim: int = 4, max_length: int = 16, record: bool = True) -> None:
+    def __init__(self, dim: int = 4, max_length: int = 16, record: bool = True, batch_shape: BatchShape | None = None) -> None:
         self.info = ModelInfo("fake", dim, "mean", False, max_length, "fp32", "cpu")
+        self.batch_shape = batch_shape  # as a backend's own: taken where the batch options were left auto
         self.record = record  # keep what was tokenized and each batch's size, for tests to look at
         self.batches: list[int] = []
         self.tokenized: list[str] = []

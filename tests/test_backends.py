@@ -20,6 +20,7 @@ class CountingBackend:
     """A backend of its own: each row's vector is (its token count, the sum of its ids, its first id after [CLS])."""
 
     name = "counting"
+    batch_shape = None
     loaded: list[Target] = []
 
     def __init__(self, dim: int) -> None:

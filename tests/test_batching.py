@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sbert_cli.batching import iter_windows, plan_batches
-from sbert_cli.plan import DEVICE_DEFAULTS, BatchPlan
+from sbert_cli.plan import DEVICE_DEFAULTS, BatchPlan, BatchShape
 
 
 def greedy_batches(lengths: list[int], batch_size: int, max_tokens: int) -> list[list[int]]:
@@ -115,6 +115,18 @@ def test_auto_plans_per_device() -> None:
     plan = BatchPlan().for_device("cuda")
     assert plan.with_token_budget(100_000).max_tokens == 100_000
     assert plan.with_token_budget(10**9) == plan and plan.with_token_budget(None) == plan
+
+
+def test_backend_shape_replaces_only_the_device_defaults() -> None:
+    shape = BatchShape(batch_size=64, max_tokens=4096)
+    assert BatchPlan().for_device("cpu").for_backend(shape) == BatchPlan(10_000, 64, 4096, 32)
+    assert BatchPlan(batch_size=8).for_device("cpu").for_backend(shape) == BatchPlan(10_000, 8, 4096, 32)
+    assert BatchPlan(max_tokens=999).for_device("cpu").for_backend(shape) == BatchPlan(10_000, 64, 999, 32)
+    # Resolved twice (a Ray actor's plan, then embed_texts), the user's values are still the user's.
+    assert BatchPlan(batch_size=8).for_device("cpu").for_device("cpu").for_backend(shape).batch_size == 8
+    assert BatchPlan().for_device("cpu").for_backend(None) == BatchPlan().for_device("cpu")
+    # A budget cut by out-of-memory still bounds the backend's tokens.
+    assert BatchPlan().for_device("cpu").for_backend(shape).with_token_budget(1000).max_tokens == 1000
 
 
 @given(items=st.lists(st.integers(), max_size=100), size=st.integers(min_value=1, max_value=30))

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 import sbert_cli.encoder
 from sbert_cli import cli
+from sbert_cli.plan import BatchShape
 from sbert_cli.similarity import cosine_rows
 from tests.conftest import SAMPLE_DATA, FakeEncoder, expected_fake_vectors, sample_texts
 from tests.test_readers import write_tsv
@@ -137,6 +138,21 @@ def test_max_tokens_caps_padded_batch_size(tmp_path: Path, fake_encoder: FakeEnc
     result = run("encode", source, "-o", tmp_path / "x.parquet", "--max-tokens", "64", "--batch-size", "32", "-q")
     assert result.exit_code == 0, result.output
     assert fake_encoder.batches == [4] * 5
+
+
+def test_backend_batch_shape_fills_only_what_the_user_left_auto(tmp_path: Path, fake_encoder: FakeEncoder) -> None:
+    """A backend that runs fastest at its own rows and tokens a batch gets them unless the user set them."""
+    source = tmp_path / "x.csv"
+    source.write_text("text\n" + "\n".join("字" * 12 + f"{i:02d}" for i in range(100)) + "\n")  # 16 tokens each
+    fake_encoder.batch_shape = BatchShape(batch_size=10, max_tokens=48)
+    assert run("encode", source, "-o", tmp_path / "a.parquet", "-q").exit_code == 0
+    assert sorted(fake_encoder.batches) == [1] + [3] * 33  # 48 tokens: 3 rows of 16
+    fake_encoder.batches.clear()
+    assert run("encode", source, "-o", tmp_path / "b.parquet", "--max-tokens", "1000", "-q").exit_code == 0
+    assert fake_encoder.batches == [10] * 10  # the user's tokens, the backend's rows
+    fake_encoder.batches.clear()
+    assert run("encode", source, "-o", tmp_path / "c.parquet", "--batch-size", "2", "-q").exit_code == 0
+    assert fake_encoder.batches == [2] * 50  # the user's rows win; the backend's 48 tokens still hold 2 rows
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ import numpy as np
 from sbert_cli.backends.pooling import Pooling
 from sbert_cli.model.description import ModelDescription
 from sbert_cli.model.tokens import Tokenized
+from sbert_cli.plan import BatchShape
 
 
 class Forward(Protocol):
@@ -23,6 +24,7 @@ class Backend(Protocol):
     """A model's forward pass on one device, fed a window's batches and pooled into vectors."""
 
     name: str  # for --verbose and the tests: which backend runs the model
+    batch_shape: BatchShape | None  # the rows and tokens a batch its kernels run fastest at; None: the device's defaults
 
     def embed_batches(self, tokens: Tokenized, batches: Sequence[np.ndarray], out: np.ndarray, after_batch: Callable[[int], None]) -> int:
         """Write each batch's vectors into out[rows] for its rows (indices into `tokens`), calling after_batch(rows)

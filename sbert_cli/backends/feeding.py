@@ -10,6 +10,7 @@ import numpy as np
 from sbert_cli.backends.base import Forward, Target, run_batches
 from sbert_cli.backends.pooling import sentence_vectors
 from sbert_cli.model.tokens import Tokenized
+from sbert_cli.plan import BatchShape
 
 
 class ForwardBackend:
@@ -18,6 +19,7 @@ class ForwardBackend:
     with its own forward pass."""
 
     name = "forward"
+    batch_shape: BatchShape | None = None
 
     def __init__(self, forward: Forward, target: Target) -> None:
         self.forward = forward

@@ -17,6 +17,7 @@ from sbert_cli.errors import ModelError, SbertError, UsageError, first_line
 from sbert_cli.model.description import ModelDescription
 from sbert_cli.model.device import cpu_has_native_bf16
 from sbert_cli.model.tokens import Tokenized
+from sbert_cli.plan import OPENVINO_BATCH_SHAPE
 
 INSTALL_HINT = "pip install 'sbert-cli[openvino]'"
 
@@ -56,6 +57,7 @@ class OpenVinoBert:
     """
 
     name = "openvino"
+    batch_shape = OPENVINO_BATCH_SHAPE
 
     def __init__(self, compiled: Any, target: Target) -> None:
         self.target = target
