@@ -81,8 +81,7 @@ class BatchPlan:
         """The plan with the backend's rows and tokens a batch (None: the device's) wherever they were left auto."""
         if shape is None:
             return self
-        chosen = {name: getattr(shape, name) for name in self.defaulted}
-        return replace(self, **chosen) if any(getattr(self, name) != value for name, value in chosen.items()) else self
+        return replace(self, **{name: getattr(shape, name) for name in self.defaulted})
 
     def with_token_budget(self, max_tokens: int | None) -> BatchPlan:
         """The same plan with at most `max_tokens` padded tokens a batch (None: unchanged)."""
