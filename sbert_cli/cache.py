@@ -276,3 +276,8 @@ class VectorCache:
 
     def close(self) -> None:
         self.file.close()
+
+
+def open_cache(path: str | None) -> VectorCache | None:
+    """--cache PATH's cache, or None without one."""
+    return None if path is None else VectorCache(path)

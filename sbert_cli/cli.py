@@ -16,12 +16,14 @@ from sbert_cli import __version__
 from sbert_cli.errors import EXIT_WITH_REJECTS, SbertError, UsageError
 from sbert_cli.help_format import PlainHelpCommand, PlainHelpGroup
 from sbert_cli.io.pipe import confirm_delivered
-from sbert_cli.io.readers import InputFormat
-from sbert_cli.job import DEFAULT_MODEL, BackendChoice, Dtype, EncodeJob, Engine, ModelOptions, OnError, Precision, Similarity
+from sbert_cli.io.formats import INPUT_FORMATS, format_names, named_formats
+from sbert_cli.choices import DEFAULT_MODEL, BackendChoice, Dtype, Engine, OnError, Precision, Similarity
+from sbert_cli.model.options import ModelOptions
 from sbert_cli.plan import DEVICE_DEFAULTS, OPENVINO_BATCH_SHAPE
 
 if TYPE_CHECKING:
     from sbert_cli.cache import VectorCache
+    from sbert_cli.job import EncodeJob
     from sbert_cli.evaluate import PairScore, PairSet
 
 
@@ -52,6 +54,13 @@ def _device(value: str) -> str:
     """auto, cpu, cuda or cuda:N: a fixed choice plus a device number."""
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
         raise typer.BadParameter(f"'{value}' is not one of 'auto', 'cpu', 'cuda', 'cuda:N'.")
+    return value
+
+
+def _input_format(value: str) -> str:
+    """A name in io.formats.INPUT_FORMATS, looked up when the option is parsed, so that a format added there is offered."""
+    if value not in INPUT_FORMATS:
+        raise typer.BadParameter(f"'{value}' is not one of {', '.join(repr(name) for name in format_names())}.")
     return value
 
 
@@ -115,8 +124,8 @@ def _user_errors(prints: bool = False) -> Iterator[None]:
 
 @app.command(cls=PlainHelpCommand)
 def encode(
-    input: Annotated[str, typer.Argument(help="CSV, TSV, JSONL or Parquet file, a directory or glob of them (read in sorted-path order), or an s3:// key, prefix or glob; - reads stdin.", show_default=False)],
-    format: Annotated[Optional[InputFormat], typer.Option("--format", "-f", rich_help_panel=INPUT, help="Input format (default: from the extension; sniffed on stdin).")] = None,
+    input: Annotated[str, typer.Argument(help=f"{named_formats()} file, a directory or glob of them (read in sorted-path order), or an s3:// key, prefix or glob; - reads stdin.", show_default=False)],
+    format: Annotated[Optional[str], typer.Option("--format", "-f", parser=_input_format, metavar=f"<{'|'.join(format_names())}>", rich_help_panel=INPUT, help="Input format (default: from the extension; sniffed on stdin).")] = None,
     text_column: Annotated[str, typer.Option(rich_help_panel=INPUT, help="Column or field holding the text.")] = "text",
     id_column: Annotated[Optional[str], typer.Option(rich_help_panel=INPUT, help="Column or field holding the id (default: 0-based row numbers).")] = None,
     model: ModelOption = DEFAULT_MODEL,
@@ -149,7 +158,7 @@ def encode(
     gpus_per_worker: Annotated[float, typer.Option(min=0, rich_help_panel=RAY, help="GPUs each Ray actor reserves.")] = 0.0,
 ) -> None:
     """Encode a file of texts into vectors, written in input order."""
-    from sbert_cli.job import RayOptions, input_spec, output_target
+    from sbert_cli.job import EncodeJob, RayOptions, input_spec, output_target
     from sbert_cli.plan import BatchPlan
 
     with _user_errors():
@@ -174,6 +183,7 @@ def encode(
 
 def _encode_locally(job: EncodeJob, quiet: bool, verbose: bool) -> int:
     from sbert_cli.io.readers import Extent
+    from sbert_cli import encoder
     from sbert_cli.pipeline import Hooks, run_encode
     from sbert_cli.progress import progress_bar
     from sbert_cli.report import summary_line, timings_line
@@ -181,7 +191,7 @@ def _encode_locally(job: EncodeJob, quiet: bool, verbose: bool) -> int:
 
     kept = job.output.path if job.output.kind == "directory" else None
     with stop_on_signals(kept) as check_stop, progress_bar(quiet) as bar:
-        report = run_encode(job, Hooks(check_stop, bar, _notice(quiet, bar)), Extent())
+        report = run_encode(job, encoder.open_model, Hooks(check_stop, bar, _notice(quiet, bar)), Extent())
     stats = report.stats
     if stats.nothing_to_do:
         if not quiet:

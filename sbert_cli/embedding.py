@@ -24,7 +24,7 @@ from sbert_cli.stats import EncodeStats
 if TYPE_CHECKING:
     from sbert_cli.cache import Profile, VectorCache
     from sbert_cli.encoder import Encoder, ModelHandle
-    from sbert_cli.job import ModelOptions
+    from sbert_cli.model.options import ModelOptions
     from sbert_cli.model.description import ModelInfo
     from sbert_cli.model.tokens import Tokenized
 
@@ -296,14 +296,6 @@ def _quoted(texts: list[str], index: int) -> str:
 def model_source(options: ModelOptions, cache_path: str | None, notice: Callable[[str], None] = on_stderr) -> ModelSource:
     """The model for sim and evaluate: described now, loaded only if the cache cannot answer."""
     # Looked up on the module at each call: the tests put a fake model in its place.
+    from sbert_cli.cache import open_cache
+
     return ModelSource.for_handle(encoders.open_model(options), open_cache(cache_path), notice)
-
-
-def open_cache(path: str | None) -> VectorCache | None:
-    if path is None:
-        return None
-    from sbert_cli.cache import VectorCache
-
-    return VectorCache(path)
-
-

@@ -14,7 +14,8 @@ from sbert_cli.backends.base import Backend, Target
 from sbert_cli.backends.heads import Head
 from sbert_cli.backends.pooling import Pooling
 from sbert_cli.errors import ModelError
-from sbert_cli.job import DEFAULT_MODEL, ModelOptions
+from sbert_cli.choices import DEFAULT_MODEL
+from sbert_cli.model.options import ModelOptions
 from sbert_cli.model.description import ModelDescription, ModelInfo, describe_model
 from sbert_cli.model.device import available_cores
 from sbert_cli.model.tokenizer import Tokenizer

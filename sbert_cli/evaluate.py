@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sbert_cli.errors import InputDataError, UsageError
-from sbert_cli.io.readers import EXTENSIONS, MISSING, BadRow, TableSpec, iter_fields
+from sbert_cli.io.formats import extension_formats
+from sbert_cli.io.readers import MISSING, BadRow, TableSpec, iter_fields
 from sbert_cli.io.storage import location
 from sbert_cli.plan import BatchPlan
 from sbert_cli.quantize import comparable
@@ -78,7 +79,7 @@ def parse_columns(value: str | None) -> tuple[str, str, str] | None:
 def pair_table(path: str, columns: tuple[str, str, str] | None) -> TableSpec:
     """How a pair file is read: by its extension (TSV when it has none of ours, as the published sets);
     headerless `s1, s2, label` unless its first line names the columns. TSV quotes are text, as in those sets."""
-    fmt = EXTENSIONS.get(location(path).suffix.lower(), "tsv")
+    fmt = extension_formats().get(location(path).suffix.lower(), "tsv")
     return TableSpec(
         path, fmt, columns or DEFAULT_COLUMNS, (_COLUMNS_FIX,) * 3, string_columns=(columns or DEFAULT_COLUMNS)[:2],
         header="required" if columns or fmt not in ("csv", "tsv") else "sniff", quoting=fmt != "tsv", format_option=False,

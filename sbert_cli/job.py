@@ -5,99 +5,41 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING
 
+from sbert_cli.choices import (
+    BACKEND_CHOICES,
+    DEFAULT_MODEL,
+    PACKED_DTYPES,
+    PRECISIONS,
+    SCALED_DTYPES,
+    SIMILARITIES,
+    STDOUT,
+    BackendChoice,
+    Dtype,
+    Engine,
+    OnError,
+    Precision,
+    Similarity,
+)
 from sbert_cli.errors import OutputError, UsageError
 from sbert_cli.io.inputs import detect_format, expand_input, is_glob, reads
-from sbert_cli.io.paths import Derived, directory_output_paths, file_output_paths, refuse_overlap, refuse_reading_back, rejects_path
+from sbert_cli.io.output import OutputTarget, RunSettings
+from sbert_cli.io.paths import Derived, refuse_overlap, refuse_reading_back
 from sbert_cli.io.readers import STDIN, InputSpec
 from sbert_cli.io.storage import StorePath, is_url, location
+from sbert_cli.model.options import ModelOptions
 
 if TYPE_CHECKING:
     from sbert_cli.plan import BatchPlan
 
-DEFAULT_MODEL = "DMetaSoul/sbert-chinese-general-v1"
-STDOUT = "-"
-
-# Fixed choices, declared once: the CLI offers exactly these and --help lists them (input formats: readers).
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
-BackendChoice = Literal["auto", "openvino", "torch"]
-Dtype = Literal["float32", "float16", "int8", "uint8", "binary", "ubinary"]
-Similarity = Literal["cosine", "dot", "euclidean", "manhattan"]
-OnError = Literal["fail", "skip"]
-Engine = Literal["local", "ray"]
-PRECISIONS: tuple[str, ...] = get_args(Precision)
-BACKEND_CHOICES: tuple[str, ...] = get_args(BackendChoice)
-SIMILARITIES: tuple[str, ...] = get_args(Similarity)
-SCALED_DTYPES = ("int8", "uint8")  # need per-dimension ranges: from the first window or --calibration
-PACKED_DTYPES = ("binary", "ubinary")  # a bit a dimension, 8 to a byte
+# The option values every layer shares live in choices.py, the model's options in model/options.py; named here too
+# for the CLI, which reads them from the job.
+__all__ = [
+    "BACKEND_CHOICES", "DEFAULT_MODEL", "OUTPUT_FORMATS", "PACKED_DTYPES", "PRECISIONS", "SCALED_DTYPES", "SIMILARITIES", "STDOUT",
+    "BackendChoice", "Dtype", "EncodeJob", "Engine", "ModelOptions", "OnError", "OutputTarget", "Precision", "RayOptions", "Similarity",
+]
 OUTPUT_FORMATS = {".parquet": "parquet", ".npy": "npy", ".jsonl": "jsonl"}
-
-
-@dataclass(frozen=True)
-class ModelOptions:
-    """Which model, where and how precisely to run it; the vectors' length and normalisation."""
-
-    model: str = DEFAULT_MODEL
-    device: str = "auto"
-    precision: str = "auto"
-    max_length: int | None = None
-    normalize: bool = False
-    prompt: str | None = None
-    prompt_name: str | None = None
-    truncate_dim: int | None = None
-    similarity: str | None = None  # None: the model's own (cosine when it names none)
-    backend: str = "auto"  # what runs the forward pass: backends.load_backend
-    threads: int | None = None  # CPU threads for the forward pass (None: every core the process may use)
-
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise UsageError(f"--precision {self.precision}: expected one of {', '.join(PRECISIONS)}")
-        if self.backend not in BACKEND_CHOICES:
-            raise UsageError(f"--backend {self.backend}: expected one of {', '.join(BACKEND_CHOICES)}")
-        if self.prompt is not None and self.prompt_name is not None:
-            raise UsageError(f"--prompt and --prompt-name {self.prompt_name} both given; pass the prompt's text or its name, not both")
-        if self.truncate_dim is not None and self.truncate_dim < 1:
-            raise UsageError(f"--truncate-dim {self.truncate_dim}: pass a number of dimensions of at least 1")
-        if self.similarity is not None and self.similarity not in SIMILARITIES:
-            raise UsageError(f"--similarity {self.similarity}: expected one of {', '.join(SIMILARITIES)}")
-
-
-@dataclass(frozen=True)
-class OutputTarget:
-    """Where vectors go: a file (.parquet, .npy, .jsonl), stdout ('-'), or a directory of Parquet shards."""
-
-    path: str
-    kind: str  # file | stdout | directory
-    format: str  # parquet | npy | jsonl
-    dtype: str = "float32"
-    calibration: str | None = None  # .npy of vectors whose per-dimension ranges scale int8/uint8
-
-    def __post_init__(self) -> None:
-        if self.calibration is not None:
-            if self.dtype not in SCALED_DTYPES:
-                raise UsageError(f"--calibration {self.calibration}: only --dtype int8 or uint8 use ranges; drop it or pass one of those")
-            if not Path(self.calibration).is_file():
-                raise UsageError(f"--calibration {self.calibration}: no such file; pass a .npy of vectors")
-        elif self.dtype in SCALED_DTYPES and self.kind == "stdout":
-            raise UsageError(f"--dtype {self.dtype} to stdout leaves no place for its ranges; pass --calibration FILE.npy, or -o a file")
-
-    @property
-    def rejects_path(self) -> str:
-        """out.parquet -> out.rejects.jsonl (a directory keeps its rejects in its state folder)."""
-        return rejects_path(self.path)
-
-    def derived(self) -> Derived:
-        """Every file and folder this output writes or removes."""
-        if self.kind == "directory":
-            return directory_output_paths(self.path)
-        if self.kind == "stdout":
-            return Derived("-o", ())
-        return file_output_paths(self.path, self.format)
-
-    @property
-    def shown(self) -> str:
-        return "stdout" if self.kind == "stdout" else str(location(self.path))
 
 
 @dataclass(frozen=True)
@@ -125,6 +67,14 @@ class EncodeJob:
     with_stats: bool = False
     cache: str | None = None
     ray: RayOptions | None = None
+
+    @property
+    def run_settings(self) -> RunSettings:
+        """The run's choices as the output takes them: plain values, not the job."""
+        spec = self.input
+        return RunSettings(
+            spec.files, spec.format, spec.text_column, spec.id_column, self.shard_rows, self.skip_bad_rows, self.with_stats, self.resume, self.overwrite
+        )
 
     def __post_init__(self) -> None:
         self._check_options()
@@ -182,6 +132,7 @@ def is_directory_output(path: str) -> bool:
 
 def output_target(output: str | None, input_path: str, dtype: str, calibration: str | None = None) -> OutputTarget:
     """Check -o and pick its kind and format: the default is <input stem>.embeddings.parquet beside the input."""
+    _check_calibration(output, dtype, calibration)
     if output is None:
         output = _default_output(input_path)
     if output == STDOUT:
@@ -198,6 +149,16 @@ def output_target(output: str | None, input_path: str, dtype: str, calibration: 
     if not os.access(path.parent, os.W_OK):
         raise OutputError(f"{output}: directory '{path.parent}' is not writable")
     return OutputTarget(output, "file", OUTPUT_FORMATS[suffix], dtype, calibration)
+
+
+def _check_calibration(output: str | None, dtype: str, calibration: str | None) -> None:
+    if calibration is not None:
+        if dtype not in SCALED_DTYPES:
+            raise UsageError(f"--calibration {calibration}: only --dtype int8 or uint8 use ranges; drop it or pass one of those")
+        if not Path(calibration).is_file():
+            raise UsageError(f"--calibration {calibration}: no such file; pass a .npy of vectors")
+    elif dtype in SCALED_DTYPES and output == STDOUT:
+        raise UsageError(f"--dtype {dtype} to stdout leaves no place for its ranges; pass --calibration FILE.npy, or -o a file")
 
 
 def _default_output(input_path: str) -> str:

@@ -10,23 +10,23 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from sbert_cli import encoder as encoders
 from sbert_cli.batching import iter_windows
-from sbert_cli.embedding import ModelSource, TextWork, finish_texts, on_stderr, open_cache, prepare_texts
+from sbert_cli.cache import open_cache
+from sbert_cli.embedding import ModelSource, TextWork, finish_texts, on_stderr, prepare_texts
 from sbert_cli.errors import InputDataError
-from sbert_cli.io.manifest import recorded_precision
-from sbert_cli.io.paths import DirectoryLayout
+from sbert_cli.io.output import open_output
 from sbert_cli.io.readers import BadRow, Extent, Record, iter_rows, split_window
-from sbert_cli.io.sinks import open_sink
 from sbert_cli.plan import BatchPlan
 from sbert_cli.progress import Progress, ProgressTracker
 from sbert_cli.stats import EncodeStats
 from sbert_cli.threads import BackgroundSink, prefetch
 
 if TYPE_CHECKING:
+    from sbert_cli.encoder import ModelHandle
     from sbert_cli.io.sinks import Sink
     from sbert_cli.job import EncodeJob
     from sbert_cli.model.description import ModelInfo
+    from sbert_cli.model.options import ModelOptions
 
 
 @dataclass(frozen=True)
@@ -58,27 +58,25 @@ class RunReport:
     rejects: str
 
 
-def run_encode(job: EncodeJob, hooks: Hooks, extent: Extent) -> RunReport:
-    """The whole encode job: model, cache and sink are built elsewhere; this only connects them."""
-    options = job.model
-    if job.resume and options.precision == "auto" and job.output.kind == "directory":
-        # A resumed directory keeps the precision it started with, even on a machine that would pick another.
-        options = replace(options, precision=recorded_precision(DirectoryLayout.at(job.output.path)) or "auto")
-    handle = encoders.open_model(options)  # looked up at each call: the tests put a fake model in its place
-    cache = open_cache(job.cache)
-    started = time.perf_counter()
-    with open_sink(job, handle.info, hooks.notice) as sink:
-        if sink.complete:
-            return RunReport(EncodeStats(nothing_to_do=True), handle.info, sink.rejects_shown)
-        source = ModelSource.for_handle(handle, cache, hooks.notice)
-        plan = job.plan.for_device(handle.info.device)
-        stats = encode_rows(
-            iter_rows(job.input, extent), source=source, sink=sink, plan=plan, skip_bad_rows=job.skip_bad_rows, hooks=hooks, extent=extent,
-            input_name=job.input.name,
-        )
-        if stats.rows + stats.rejected + stats.resumed_rows == 0:
-            raise InputDataError(f"{job.input.name}: no rows to encode")
-        sink.finish()
+def run_encode(job: EncodeJob, model_opener: Callable[[ModelOptions], ModelHandle], hooks: Hooks, extent: Extent) -> RunReport:
+    """The whole encode job: the output, the model (opened by `model_opener`), cache and rows are built elsewhere;
+    this only connects them. The output is opened first: a run it continues decides the precision."""
+    with open_output(job.output, job.run_settings, hooks.notice) as output:
+        handle = model_opener(replace(job.model, precision=output.precision(job.model.precision)))
+        cache = open_cache(job.cache)
+        started = time.perf_counter()
+        with output.sink(handle.info) as sink:
+            if sink.complete:
+                return RunReport(EncodeStats(nothing_to_do=True), handle.info, sink.rejects_shown)
+            source = ModelSource.for_handle(handle, cache, hooks.notice)
+            plan = job.plan.for_device(handle.info.device)
+            stats = encode_rows(
+                iter_rows(job.input, extent), source=source, sink=sink, plan=plan, skip_bad_rows=job.skip_bad_rows, hooks=hooks, extent=extent,
+                input_name=job.input.name,
+            )
+            if stats.rows + stats.rejected + stats.resumed_rows == 0:
+                raise InputDataError(f"{job.input.name}: no rows to encode")
+            sink.finish()
     stats.load_seconds, stats.seconds = source.load_seconds, time.perf_counter() - started
     return RunReport(stats, handle.info, sink.rejects_shown)
 
@@ -136,7 +134,9 @@ class _Shards:
     def enter(self, shard: int) -> bool:
         """Move to `shard`; False when an earlier run finished it (--resume), so its rows are read past."""
         if shard in self.sink.done:
-            self.stats.shards_resumed += 1 if shard != self.current else 0
+            if shard != self.current:
+                self.close()  # the shard before it was encoded again (it was missing or damaged): publish it first
+                self.stats.shards_resumed += 1
             self.current = shard
             return False
         if shard != self.current:

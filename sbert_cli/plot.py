@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ import numpy as np
 
 from sbert_cli.errors import UsageError
 from sbert_cli.evaluate import PairScore
-from sbert_cli.io.paths import temporary_path
+from sbert_cli.io.publish import staged
 from sbert_cli.io.writers import output_errors
 from sbert_cli.report import correlation_text
 from sbert_cli.words import plural
@@ -46,10 +45,8 @@ def plot_scores(scores: Sequence[PairScore], path: str) -> str | None:
         axis.set_xlabel("gold label")
         axis.set_ylabel(score.similarity)
     figure.tight_layout()
-    temp = temporary_path(path)
-    with output_errors(path):
+    with output_errors(path), staged(path) as temp:
         figure.savefig(temp, dpi=110, format="png")
-        os.replace(temp, path)
     plt.close(figure)
     if legible:
         return None

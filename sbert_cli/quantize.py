@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from sbert_cli.job import PACKED_DTYPES as PACKED
-from sbert_cli.job import SCALED_DTYPES as SCALED
+from sbert_cli.choices import PACKED_DTYPES as PACKED
+from sbert_cli.choices import SCALED_DTYPES as SCALED
 
 
 def quantize(vectors: np.ndarray, dtype: str, ranges: np.ndarray | None = None) -> np.ndarray:

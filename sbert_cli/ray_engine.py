@@ -11,9 +11,10 @@ from typing import Any
 
 from sbert_cli.errors import SbertError, UsageError, first_line
 from sbert_cli.io.manifest import create_layout
-from sbert_cli.io.paths import DirectoryLayout, spool_dir
+from sbert_cli.io.paths import DirectoryLayout
+from sbert_cli.io.publish import spool_dir
 from sbert_cli.io.readers import InputSpec
-from sbert_cli.io.storage import StorePath, aws_environment, is_url, location, move
+from sbert_cli.io.storage import StorePath, arrow_filesystem, aws_environment, is_url, location, move
 from sbert_cli.job import EncodeJob, RayOptions
 
 
@@ -51,6 +52,8 @@ def read_files(batch: Any, job: EncodeJob, several: bool) -> Iterator[Any]:
 
     rejects_dir = DirectoryLayout.at(job.output.path).rejects
     spool = spool_dir(job.output.path) if is_url(job.output.path) else None  # a store's rejects are uploaded from here
+    if spool is not None:
+        spool.mkdir(exist_ok=True)
     for path in batch.column("path").to_pylist():
         spec = InputSpec(path, job.input.format, job.input.text_column, job.input.id_column)
         rejects = RejectsWriter(str(rejects_dir / f"{_file_key(path)}.rejects.jsonl"), spool)
@@ -171,9 +174,8 @@ def run_ray_job(job: EncodeJob, plan: RayPlan) -> RayResult:
 def _parquet_rows(path: Path | StorePath) -> int:
     import pyarrow.parquet as pq
 
-    if isinstance(path, StorePath):
-        return int(pq.ParquetFile(path.fs.open_input_file(str(path.posix))).metadata.num_rows)
-    return int(pq.read_metadata(path).num_rows)
+    filesystem, where = arrow_filesystem(path)
+    return int(pq.read_metadata(where, filesystem=filesystem).num_rows)
 
 
 def _write_dataset(job: EncodeJob, plan: RayPlan, layout: DirectoryLayout) -> None:
@@ -206,8 +208,8 @@ def _write_dataset(job: EncodeJob, plan: RayPlan, layout: DirectoryLayout) -> No
     # Ray writes each file in place, so it writes them into a staging folder of the state folder, and each
     # is published under its final name only once all are written: the output never holds a partial file.
     staging = layout.state / "staging"
-    where = {"filesystem": staging.fs} if isinstance(staging, StorePath) else {}
-    target = str(staging.posix) if isinstance(staging, StorePath) else str(staging)
+    filesystem, target = arrow_filesystem(staging)
+    where = {"filesystem": filesystem} if filesystem is not None else {}
     dataset.write_parquet(target, ray_remote_args=remote, **where, **_rows_per_file(dataset, job.shard_rows))
     for written in sorted(staging.glob("*.parquet")):  # type: ignore[type-var]
         move(written, layout.data / written.name)

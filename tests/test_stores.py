@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sbert_cli.io.paths import spool_dir
+from sbert_cli.io.publish import spool_dir
 from tests.conftest import Bucket, FakeEncoder, expected_fake_vectors
 from tests.test_cli import error_of, run
 from tests.test_unattended import (

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from sbert_cli.errors import InputDataError, UsageError
-from sbert_cli.io.rows import BOM, CONVERT_HINT, BadRow, Fields, TableSpec, missing_column
+from sbert_cli.io.rows import BOM, CONVERT_HINT, BadRow, Extent, Fields, InputFormatSpec, TableSpec, missing_column, text_start
 
 # Python's csv module refuses fields over 128 KiB by default; a long paragraph is a valid row.
 csv.field_size_limit(2**31 - 1)
@@ -101,3 +101,21 @@ def _column_index(table: TableSpec, header: list[str], column: str, fix: str) ->
         return header.index(column)
     except ValueError:
         raise UsageError(missing_column(table.name, "column", column, header, fix)) from None
+
+
+def _csv_fields(table: TableSpec, stream: IO[bytes], extent: Extent) -> Iterator[Fields | BadRow]:
+    return delimited_fields(table, stream, ",")
+
+
+def _tsv_fields(table: TableSpec, stream: IO[bytes], extent: Extent) -> Iterator[Fields | BadRow]:
+    return delimited_fields(table, stream, "\t")
+
+
+def _tab_separated(head: bytes) -> bool:
+    return b"\t" in text_start(head).split(b"\n", 1)[0]
+
+
+# TSV: a tab on the first line (after Parquet and JSON lines, whose first line may hold one). CSV takes whatever
+# no other format claims, so it is sniffed last.
+CSV = InputFormatSpec("csv", "CSV", (".csv",), sniff=lambda head: True, fields=_csv_fields, sniff_order=100)
+TSV = InputFormatSpec("tsv", "TSV", (".tsv", ".tab"), sniff=_tab_separated, fields=_tsv_fields, sniff_order=30)

@@ -11,23 +11,13 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal, get_args
+from typing import Any
 
 from sbert_cli.errors import UsageError
+from sbert_cli.io.formats import extension_formats, format_names, named_extensions
 from sbert_cli.io.rows import BadRow, Extent, Fields
 from sbert_cli.io.storage import StorePath, is_url, store_errors
 
-InputFormat = Literal["csv", "tsv", "jsonl", "parquet"]
-FORMATS: tuple[str, ...] = get_args(InputFormat)
-EXTENSIONS = {
-    ".csv": "csv",
-    ".tsv": "tsv",
-    ".tab": "tsv",
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-}
 GLOB_CHARS = ("*", "?", "[")
 _EDGE_BYTES = 1 << 20  # a single local input is also identified by a hash of its first and last MiB
 
@@ -42,15 +32,17 @@ class InputFile:
 
 
 def detect_format(path: str, explicit: str | None) -> str:
-    """The input format: --format if given (one of FORMATS, which the CLI offers), else the file extension; stdin is sniffed later."""
+    """The input format: --format if given (a name in io.formats.INPUT_FORMATS, which the CLI offers), else the
+    file extension; stdin is sniffed later."""
     if explicit is not None:
         return explicit
     if path == "-":
         return "auto"
     suffix = PurePosixPath(path).suffix.lower()
-    if suffix in EXTENSIONS:
-        return EXTENSIONS[suffix]
-    raise UsageError(f"{path}: cannot tell the format from the extension '{suffix}'; pass --format {'|'.join(FORMATS)}")
+    extensions = extension_formats()
+    if suffix in extensions:
+        return extensions[suffix]
+    raise UsageError(f"{path}: cannot tell the format from the extension '{suffix}'; pass --format {'|'.join(format_names())}")
 
 
 def is_glob(pattern: str) -> bool:
@@ -67,9 +59,10 @@ def expand_input(pattern: str, explicit: str | None) -> tuple[tuple[InputFile, .
     found, named = _store_files(pattern) if is_url(pattern) else _local_files(pattern)
     if named:
         return found, detect_format(found[0].path, explicit)
-    kept = [file for file in found if explicit is not None or PurePosixPath(file.path).suffix.lower() in EXTENSIONS]
+    extensions = extension_formats()
+    kept = [file for file in found if explicit is not None or PurePosixPath(file.path).suffix.lower() in extensions]
     if not kept:
-        raise UsageError(f"{pattern}: holds no .csv, .tsv, .jsonl or .parquet files; check the path, or pass --format to read other names")
+        raise UsageError(f"{pattern}: holds no {named_extensions()} files; check the path, or pass --format to read other names")
     if explicit is not None:
         return tuple(kept), explicit
     formats = {detect_format(file.path, None): file.path for file in kept}

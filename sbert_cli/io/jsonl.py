@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import IO
 
 from sbert_cli.errors import UsageError
-from sbert_cli.io.rows import BOM, CONVERT_HINT, MISSING, BadRow, Fields, TableSpec, json_type, missing_column
+from sbert_cli.io.rows import BOM, CONVERT_HINT, MISSING, BadRow, Extent, Fields, InputFormatSpec, TableSpec, json_type, missing_column, text_start
 
 
 def utf8_reason(exc: UnicodeDecodeError) -> str:
@@ -52,3 +52,11 @@ def jsonl_fields(table: TableSpec, stream: IO[bytes]) -> Iterator[Fields | BadRo
                 if column not in obj:
                     raise UsageError(missing_column(where, "field", column, list(obj), fix))
         yield Fields(row, where, tuple(obj.get(column, MISSING) for column in table.columns))
+
+
+def _jsonl_fields(table: TableSpec, stream: IO[bytes], extent: Extent) -> Iterator[Fields | BadRow]:
+    return jsonl_fields(table, stream)  # progress is the file's bytes, which the opener tracks
+
+
+# Sniffed by a first character of '{': after Parquet's magic, before TSV (a JSON line may hold a tab).
+JSONL = InputFormatSpec("jsonl", "JSONL", (".jsonl", ".ndjson"), sniff=lambda head: text_start(head).startswith(b"{"), fields=_jsonl_fields, sniff_order=20)

@@ -7,15 +7,19 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sbert_cli.errors import InputDataError, UsageError
 from sbert_cli.io.inputs import InputFile, describe_change, identity
-from sbert_cli.io.paths import TEMPORARY_MARK, DirectoryLayout, temporary_path
+from sbert_cli.io.paths import DirectoryLayout
+from sbert_cli.io.publish import TEMPORARY_MARK, write_text
 from sbert_cli.io.readers import STDIN
-from sbert_cli.io.storage import StorePath
+from sbert_cli.io.storage import readable_locally, size_of
 from sbert_cli.io.writers import NOTHING_WRITTEN, file_digest, output_errors
 from sbert_cli.words import plural
+
+if TYPE_CHECKING:
+    from sbert_cli.io.storage import StorePath
 
 MANIFEST_VERSION = 2
 _SHARD_NAME = re.compile(r"part-\d{5}\.parquet")
@@ -81,39 +85,22 @@ def load_manifest(path: Path | StorePath) -> Manifest | None:
 
 
 def save_manifest(layout: DirectoryLayout, manifest: Manifest, on_failure: str = NOTHING_WRITTEN) -> None:
-    """Atomically: a reader (or a crash) sees the old manifest or the new one, never half of one (in a store,
-    one PUT replaces the object whole)."""
+    """Published whole and durable: a reader (or a crash) sees the old manifest or the new one, never half of one.
+    Call it only once every shard it lists is published (and so durable)."""
     text = json.dumps(asdict(manifest), indent=2, ensure_ascii=False) + "\n"
     with output_errors(str(layout.manifest), on_failure):
-        if isinstance(layout.manifest, StorePath):
-            layout.manifest.write_text(text)
-            return
-        temp = temporary_path(str(layout.manifest))
-        with open(temp, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, layout.manifest)
+        write_text(str(layout.manifest), text)
 
 
-def recorded_precision(layout: DirectoryLayout) -> str | None:
-    """The precision an earlier run of this directory encoded at, if it left a manifest."""
-    for path in (layout.manifest, layout.data / "manifest.json"):
-        manifest = load_manifest(path) if path.is_file() else None
-        if manifest is not None:
-            return manifest.options.get("precision")
-    return None
-
-
-def prepare_directory(layout: DirectoryLayout, identity: dict[str, Any], options: dict[str, Any], resume: bool, overwrite: bool) -> Manifest:
+def prepare_directory(
+    layout: DirectoryLayout, earlier: Manifest | None, identity: dict[str, Any], options: dict[str, Any], resume: bool, overwrite: bool
+) -> Manifest:
     """The manifest to write under, with the lock held: a fresh one, or the earlier run's once it matches this run.
 
     A directory with nothing to keep (missing, empty, or an earlier run that finished no shard) starts a fresh
     run, with or without --resume, so the same cron line is right every time. Finished shards of an earlier
     run are resumed (--resume), removed (--overwrite) or refused; files sbert did not write are never touched.
     """
-    _migrate_first_layout(layout)
-    earlier = load_manifest(layout.manifest)
     finished = sorted(layout.data.glob("part-*.parquet"))
     if finished and earlier is None:
         raise UsageError(f"{layout.data}: holds Parquet files that no sbert manifest describes; choose an empty directory")
@@ -157,17 +144,6 @@ def refuse_foreign_files(layout: DirectoryLayout) -> None:
         raise UsageError(f"{layout.data}: holds files sbert did not write ({shown}); pass an empty or new directory to -o")
 
 
-def remove_stale_temporaries(layout: DirectoryLayout, spool: Path | None = None) -> list[Path]:
-    """Temporary files of a run that was killed; we hold the lock, so none belongs to a live run. A store output
-    has them in its local spool folder."""
-    removed = []
-    for folder in [spool] if spool is not None else [layout.state, layout.data, layout.rejects]:
-        for path in folder.glob(f".*{TEMPORARY_MARK}*"):
-            path.unlink(missing_ok=True)
-            removed.append(path)
-    return removed
-
-
 def _remove_earlier_run(layout: DirectoryLayout) -> None:
     """What an earlier run wrote, and only that: its shards (the directory holds nothing else, and its manifest says
     sbert wrote it), their rejects, then the manifest."""
@@ -198,16 +174,21 @@ def _check_same_run(layout: DirectoryLayout, earlier: Manifest, identity: dict[s
 
 
 def _shard_is_intact(layout: DirectoryLayout, entry: ShardEntry) -> bool:
+    """The shard is there as it was published: its size (a store object is whole or absent, never torn) and, where
+    reading it costs no download, its SHA-256 (a disk's file can be truncated or overwritten in place)."""
     path = layout.data / entry.file
-    if isinstance(path, StorePath):
-        if entry.bytes is None or path.info().size != entry.bytes:  # a store object is whole or absent, never torn
+    size = size_of(path)
+    if size is None or (entry.bytes is not None and size != entry.bytes):
+        return False
+    if readable_locally(path):
+        if file_sha256(path) != entry.sha256:  # type: ignore[arg-type]
             return False
-    elif not path.is_file() or file_sha256(path) != entry.sha256:
+    elif entry.bytes is None:
         return False
     return entry.rejects_file is None or (layout.state / entry.rejects_file).is_file()
 
 
-def _migrate_first_layout(layout: DirectoryLayout) -> None:
+def migrate_first_layout(layout: DirectoryLayout) -> None:
     """sbert 0.1 kept manifest.json, rejects and its lock inside the directory: move them to the state folder."""
     old = layout.data / "manifest.json"
     manifest = load_manifest(old)

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from sbert_cli.errors import InputDataError, UsageError
-from sbert_cli.io.rows import BadRow, Extent, Fields, TableSpec, missing_column
+from sbert_cli.io.rows import BadRow, Extent, Fields, InputFormatSpec, TableSpec, missing_column
 
 
 def parquet_fields(table: TableSpec, stream: IO[bytes], extent: Extent) -> Iterator[Fields | BadRow]:
@@ -42,3 +42,7 @@ def _check_parquet_columns(table: TableSpec, schema: Any) -> None:
         is_text = pa.types.is_string(data_type) or pa.types.is_large_string(data_type) or string_view(data_type)
         if column in table.string_columns and not is_text:
             raise UsageError(f"{table.name}: column '{column}' holds {data_type}, not strings; pass {fix}")
+
+
+# Its magic bytes are the surest sign, so it is sniffed first; its footer is read first, so it needs to seek.
+PARQUET = InputFormatSpec("parquet", "Parquet", (".parquet", ".pq"), sniff=lambda head: head.startswith(b"PAR1"), fields=parquet_fields, sniff_order=10, seekable=True)

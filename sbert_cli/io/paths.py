@@ -8,40 +8,14 @@ lock, a directory's shards and its state folder. Each is named here, once, and c
 from __future__ import annotations
 
 import fnmatch
-import hashlib
-import os
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from sbert_cli.errors import UsageError
+from sbert_cli.io.publish import temporary_pattern
 from sbert_cli.io.rows import STDIN
-from sbert_cli.io.storage import StorePath, is_url, location
-
-TEMPORARY_MARK = ".sbert-tmp-"
-
-
-def temporary_path(path: str, directory: Path | None = None) -> str:
-    """A hidden name beside the target (or in `directory`, on the same filesystem), so the final rename is atomic.
-    A store's output is written in its local spool folder first (`directory`), then uploaded."""
-    target = location(path)
-    folder = directory or (spool_dir(path) if is_url(path) else target.parent)
-    return str(Path(folder) / f".{target.name}{TEMPORARY_MARK}{os.getpid()}")
-
-
-def spool_dir(output: str) -> Path:
-    """Where a store output's files are written before their upload (made when missing): a local folder per
-    output, so the next run on that output (holding its lease) knows what a killed run left there."""
-    digest = hashlib.sha256(str(location(output)).encode()).hexdigest()[:16]
-    folder = Path(tempfile.gettempdir()) / f"sbert-spool-{digest}"
-    folder.mkdir(exist_ok=True)
-    return folder
-
-
-def temporary_pattern(path: Path | StorePath) -> str:
-    """The glob of every run's temporary files for `path` (in its folder): what a later run may remove."""
-    return f".{path.name}{TEMPORARY_MARK}*"
+from sbert_cli.io.storage import StorePath, location
 
 
 def ids_path(path: str) -> str:
@@ -142,7 +116,7 @@ def refuse_overlap(derived: Derived, paths: Iterable[str], noun: str = "input", 
                 raise UsageError(f"{path}: is the {noun} file; pass another {change}")
             if real == target:
                 raise UsageError(f"{name}: is the {noun}, and {derived.owner} {main} would overwrite it as its {role}; pass another {change}")
-            if real.parent == target.parent and fnmatch.fnmatchcase(real.name, temporary_pattern(target)):
+            if real.parent == target.parent and fnmatch.fnmatchcase(real.name, temporary_pattern(target.name)):
                 raise UsageError(f"{name}: is the {noun}, named like a temporary file of {derived.owner} {main}, which sbert removes; rename it")
         for folder in derived.folders:
             place = location(folder).resolve()
@@ -163,16 +137,3 @@ def refuse_reading_back(derived: Derived, pattern: str, reads: Callable[[str], b
         if reads(path):
             written = "" if path == main else f", and {derived.owner} {main} writes it as its {role}"
             raise UsageError(f"{path}: is inside the input {pattern}, which would read it on the next run{written}; pass another {derived.owner} outside the input")
-
-
-def remove_leftovers(outputs: Iterable[str]) -> list[Path]:
-    """Remove every run's temporary files for these outputs (beside them, or in a store output's spool); call it
-    only with the outputs' lock or lease held."""
-    removed = []
-    for output in outputs:
-        target = location(output)
-        folder = spool_dir(output) if is_url(output) else target.parent
-        for path in sorted(Path(folder).glob(temporary_pattern(target))):
-            path.unlink(missing_ok=True)
-            removed.append(path)
-    return removed

@@ -1,7 +1,7 @@
-"""Every file the tool reads: CSV, TSV, JSONL and Parquet, from a file, an object store or stdin, streamed as numbered rows.
+"""Every file the tool reads, in any format io.formats lists, from a file, an object store or stdin, streamed as numbered rows.
 
-The formats each have a module (delimited, jsonl, parquet_rows) speaking the vocabulary of rows.py; inputs.py finds
-the files an INPUT names; this module opens them, picks the format and turns fields into records.
+The formats each have a module (delimited, jsonl, parquet_rows) speaking the vocabulary of rows.py and a line in
+that table; inputs.py finds the files an INPUT names; this module opens them, picks the format and turns fields into records.
 """
 
 from __future__ import annotations
@@ -17,16 +17,14 @@ from dataclasses import dataclass, replace
 from typing import IO, Any
 
 from sbert_cli.errors import InputDataError, UsageError
-from sbert_cli.io.delimited import delimited_fields
-from sbert_cli.io.inputs import EXTENSIONS, FORMATS, InputFile, InputFormat, chain_files, detect_format
-from sbert_cli.io.jsonl import jsonl_fields
-from sbert_cli.io.parquet_rows import parquet_fields
-from sbert_cli.io.rows import BOM, MISSING, STDIN, BadRow, Extent, Fields, Record, TableSpec, json_type
+from sbert_cli.io.formats import INPUT_FORMATS, named_formats, sniff_format
+from sbert_cli.io.inputs import InputFile, chain_files, detect_format
+from sbert_cli.io.rows import MISSING, STDIN, BadRow, Extent, Fields, Record, TableSpec, json_type
 from sbert_cli.io.storage import StorePath, is_url, open_input, store_error
 
 __all__ = [
-    "EXTENSIONS", "FORMATS", "MISSING", "STDIN", "BadRow", "Extent", "InputFormat", "Record", "TableSpec", "InputSpec",
-    "detect_format", "iter_rows", "iter_fields", "split_window",
+    "INPUT_FORMATS", "MISSING", "STDIN", "BadRow", "Extent", "Record", "TableSpec", "InputSpec",
+    "detect_format", "iter_rows", "iter_fields", "sniff_format", "split_window",
 ]
 
 
@@ -52,17 +50,6 @@ class InputSpec:
             self.path, self.format, columns, ("--text-column NAME", "--id-column NAME"), self.id_column,
             string_columns=(self.text_column,),
         )
-
-
-def sniff_format(head: bytes) -> str:
-    """Guess the format of stdin from its first bytes: Parquet magic, a JSON object, tabs, else CSV."""
-    if head.startswith(b"PAR1"):
-        return "parquet"
-    stripped = head.lstrip(BOM + b" \t\r\n")
-    if stripped.startswith(b"{"):
-        return "jsonl"
-    first_line = stripped.split(b"\n", 1)[0]
-    return "tsv" if b"\t" in first_line else "csv"
 
 
 def iter_rows(spec: InputSpec, extent: Extent | None = None) -> Iterator[Record | BadRow]:
@@ -116,12 +103,7 @@ def iter_fields(table: TableSpec, extent: Extent | None = None) -> Iterator[Fiel
     """The requested columns of every data row, or a BadRow for a row that cannot be read."""
     with _open_binary(table, extent or Extent()) as (stream, fmt, extent):
         try:
-            if fmt == "parquet":
-                yield from parquet_fields(table, stream, extent)
-            elif fmt == "jsonl":
-                yield from jsonl_fields(table, stream)
-            else:
-                yield from delimited_fields(table, stream, "\t" if fmt == "tsv" else ",")
+            yield from INPUT_FORMATS[fmt].fields(table, stream, extent)
         except OSError as exc:  # a store's connection lost mid-file: one line, not a traceback
             error = store_error(exc, table.path, InputDataError)
             if error is None:
@@ -137,12 +119,12 @@ def _open_binary(table: TableSpec, extent: Extent) -> Iterator[tuple[IO[bytes], 
         return
     if is_url(table.path):
         source = StorePath.parse(table.path)
-        with open_input(source, random_access=table.format == "parquet") as stream:
+        with open_input(source, random_access=INPUT_FORMATS[table.format].seekable) as stream:
             extent.total, extent.unit, extent.position = source.info().size, "bytes", stream.tell
             yield stream, table.format, extent
         return
     if os.path.isdir(table.path):
-        raise UsageError(f"{table.path}: is a directory; pass a CSV, TSV, JSONL or Parquet file")
+        raise UsageError(f"{table.path}: is a directory; pass a {named_formats()} file")
     try:
         stream = open(table.path, "rb")
     except FileNotFoundError:
@@ -161,10 +143,10 @@ def _open_stdin(fmt: str) -> Iterator[tuple[IO[bytes], str]]:
         stdin = io.BufferedReader(stdin)  # type: ignore[arg-type]
     if fmt == "auto":
         fmt = sniff_format(stdin.peek(4096)[:4096])
-    if fmt != "parquet":
+    if not INPUT_FORMATS[fmt].seekable:
         yield stdin, fmt
         return
-    # Parquet needs to seek to its footer; spool stdin to disk, not memory, to keep memory bounded.
+    # A format that seeks (Parquet, to its footer) cannot read a pipe; spool stdin to disk, not memory, to keep memory bounded.
     with tempfile.TemporaryFile() as spool:
         shutil.copyfileobj(stdin, spool, 1 << 20)
         spool.seek(0)

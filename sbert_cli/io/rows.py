@@ -1,10 +1,10 @@
-"""The vocabulary every reader speaks: a row, a bad row, the columns asked for, and how far the reading has got."""
+"""The vocabulary every reader speaks: a row, a bad row, the columns asked for, how far the reading has got, and what a format is."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 STDIN = "-"
 MISSING: Any = type("Missing", (), {"__repr__": lambda self: "MISSING"})()  # a JSON field that is not there
@@ -78,6 +78,25 @@ class Extent:
             return self.position()
         except (ValueError, OSError):
             return self.total
+
+
+@dataclass(frozen=True)
+class InputFormatSpec:
+    """One input format: what --format calls it, the extensions that select it, how stdin is recognised, how its
+    rows are read. Its module declares it; io.formats.INPUT_FORMATS lists it."""
+
+    name: str  # what --format takes, and the table's key
+    title: str  # how messages name it: 'pass a CSV, TSV, JSONL or Parquet file'
+    extensions: tuple[str, ...]  # lower case with the dot; the first is the one messages name
+    sniff: Callable[[bytes], bool]  # whether stdin's first bytes look like this format
+    fields: Callable[[TableSpec, IO[bytes], Extent], Iterator[Fields | BadRow]]
+    sniff_order: int = 50  # lower is tried first: a format whose sniff is more specific must go before a looser one
+    seekable: bool = False  # reads out of order (Parquet's footer first): stdin is spooled to disk, a store file opened for random access
+
+
+def text_start(head: bytes) -> bytes:
+    """A text file's first bytes from its first character: a BOM and blank space skipped, for sniffing."""
+    return head.lstrip(BOM + b" \t\r\n")
 
 
 def missing_column(where: str, noun: str, column: str, present: list[str], fix: str) -> str:

@@ -2,34 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from sbert_cli.io.compact import VectorForm
-from sbert_cli.io.lease import output_lease
-from sbert_cli.io.lock import output_lock
-from sbert_cli.io.manifest import (
-    Manifest,
-    ShardEntry,
-    create_layout,
-    identify_input,
-    prepare_directory,
-    refuse_foreign_files,
-    remove_stale_temporaries,
-    save_manifest,
-)
-from sbert_cli.io.paths import DirectoryLayout, file_lock_path, remove_leftovers, spool_dir
+from sbert_cli.io.manifest import Manifest, ShardEntry, save_manifest
+from sbert_cli.io.paths import DirectoryLayout
 from sbert_cli.io.readers import BadRow, Record
-from sbert_cli.io.storage import StorePath, location
+from sbert_cli.io.storage import location
 from sbert_cli.io.writers import NOTHING_WRITTEN, WRITERS, EmbeddingWriter, ParquetWriter, RejectsWriter, WriterSpec
-from sbert_cli.job import EncodeJob
-from sbert_cli.model.description import ModelInfo
 from sbert_cli.words import plural
+
+if TYPE_CHECKING:
+    from sbert_cli.model.description import ModelInfo
 
 
 class Sink(Protocol):
@@ -73,91 +60,6 @@ def describe_vectors(info: ModelInfo, dtype: str) -> dict[str, str]:
     if info.truncate_dim is not None:
         metadata["sbert.truncate_dim"] = str(info.truncate_dim)
     return metadata
-
-
-def run_options(job: EncodeJob, info: ModelInfo) -> dict[str, Any]:
-    """What a resumed run must share with the run that started a directory (the manifest's options). The prompt,
-    --truncate-dim and --calibration are there only when set, so a directory begun before they existed resumes."""
-    options: dict[str, Any] = {
-        "model": info.name, "dim": info.dim, "pooling": info.pooling, "normalize": info.normalize,
-        "max_length": info.max_length, "precision": info.precision, "format": job.input.format,
-        "text_column": job.input.text_column, "id_column": job.input.id_column, "dtype": job.output.dtype,
-        "shard_rows": job.shard_rows, "on_error": "skip" if job.skip_bad_rows else "fail", "with_stats": job.with_stats,
-    }
-    extra = {"prompt": info.prompt or None, "truncate_dim": info.truncate_dim, "calibration": job.output.calibration}
-    return options | {key: value for key, value in extra.items() if value is not None}
-
-
-@contextmanager
-def open_sink(job: EncodeJob, info: ModelInfo, notice: Callable[[str], None]) -> Iterator[Sink]:
-    """The job's sink, with its output locked against a second run; on any failure the sink is aborted.
-
-    With the lock held, temporary files of an earlier run on the same output are the leftovers of a run that
-    was killed (a live one would hold the lock): they are removed, and `notice` is told once. An output in an
-    object store is written in a local spool folder and uploaded, guarded by a lease instead of a lock.
-    """
-    output = job.output
-    stats_length = info.max_length if job.with_stats else None
-    form = VectorForm.for_output(output.dtype, output.calibration, info.dim)
-    spec = WriterSpec(output.path, info.dim, describe_vectors(info, output.dtype), output.dtype, stats_length, form=form)
-    if output.kind == "stdout":
-        yield from _guarded(FileSink(replace(spec, on_failure="the output stopped there"), output.format, None))
-        return
-    if output.kind == "file":
-        with _one_run(file_lock_path(output.path), output.path, True, notice) as check, _spool(output.path) as temp_dir:
-            _tell_removed(remove_leftovers(path for role, path in output.derived().files if role != "lock file"), notice)
-            sink = FileSink(replace(spec, temp_dir=temp_dir), output.format, RejectsWriter(output.rejects_path, temp_dir), check)
-            yield from _guarded(sink)
-        return
-    layout = DirectoryLayout.at(output.path)
-    refuse_foreign_files(layout)
-    create_layout(layout)
-    with _one_run(layout.lock, str(layout.data), False, notice) as check, _spool(output.path) as spool:
-        _tell_removed(remove_stale_temporaries(layout, spool), notice)
-        manifest = prepare_directory(layout, identify_input(job.input.files), run_options(job, info), job.resume, job.overwrite)
-        temp_dir = spool or Path(layout.state)
-        yield from _guarded(ShardedSink(layout, manifest, job.shard_rows, replace(spec, temp_dir=temp_dir, checksum=True), check))
-
-
-@contextmanager
-def _one_run(lock: Path | StorePath, target: str, remove: bool, notice: Callable[[str], None]) -> Iterator[Callable[[], None]]:
-    """The kernel's flock on a disk; a lease in an object store. Yields the check made before each publication."""
-    if isinstance(lock, StorePath):
-        with output_lease(lock, target, notice) as lease:
-            yield lease.check
-    else:
-        with output_lock(lock, target, remove=remove):
-            yield lambda: None
-
-
-@contextmanager
-def _spool(output: str) -> Iterator[Path | None]:
-    """A store output's local spool folder for the run (None for a local output, whose temporaries sit beside it)."""
-    if not isinstance(location(output), StorePath):
-        yield None
-        return
-    folder = spool_dir(output)
-    try:
-        yield folder
-    finally:
-        try:
-            folder.rmdir()
-        except OSError:
-            pass  # not empty: a file it still holds is removed by the next run on this output
-
-
-def _tell_removed(paths: list[Path], notice: Callable[[str], None]) -> None:
-    if paths:
-        shown = ", ".join(str(path) for path in sorted(paths))
-        notice(f"sbert: removed {plural(len(paths), 'temporary file')} left by an earlier run that was killed: {shown}")
-
-
-def _guarded(sink: Sink) -> Iterator[Sink]:
-    try:
-        yield sink
-    except BaseException:
-        sink.abort()
-        raise
 
 
 class FileSink:

@@ -198,15 +198,6 @@ def upload(local: str, target: StorePath) -> None:
         raise OutputError(f"{target}: the uploaded object's size differs from the file sent; nothing was kept")
 
 
-def publish(temporary: str, final: str) -> None:
-    """Make a finished temporary file the output: a rename on the same disk, an upload to a store."""
-    if is_url(final):
-        upload(temporary, StorePath.parse(final))
-        os.remove(temporary)
-    else:
-        os.replace(temporary, final)
-
-
 def move(source: Path | StorePath, target: Path | StorePath) -> None:
     """A finished file to its final name: a rename on a disk; in a store, one server-side copy (the object appears
     whole) and the source's removal."""
@@ -215,6 +206,25 @@ def move(source: Path | StorePath, target: Path | StorePath) -> None:
             source.fs.move(str(source.posix), str(target.posix))
     else:
         os.replace(source, target)  # type: ignore[arg-type]
+
+
+def size_of(path: Path | StorePath) -> int | None:
+    """A file's or object's size in bytes; None when there is none."""
+    if isinstance(path, StorePath):
+        return path.info().size if path.is_file() else None
+    return path.stat().st_size if path.is_file() else None
+
+
+def readable_locally(path: Path | StorePath) -> bool:
+    """Whether reading the whole file costs no more than a local read (a store's would download it)."""
+    return not isinstance(path, StorePath)
+
+
+def arrow_filesystem(path: Path | StorePath) -> tuple[Any, str]:
+    """The pyarrow filesystem that holds `path` (None: the local one pyarrow picks itself) and the path it takes."""
+    if isinstance(path, StorePath):
+        return path.fs, str(path.posix)
+    return None, str(path)
 
 
 def aws_environment() -> dict[str, str]:

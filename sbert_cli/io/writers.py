@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,10 +16,11 @@ import numpy as np
 
 from sbert_cli.errors import InputDataError, OutputError
 from sbert_cli.io.compact import VectorForm
-from sbert_cli.io.paths import ids_path, quantization_path, temporary_path
+from sbert_cli.io.paths import ids_path, quantization_path
 from sbert_cli.io.pipe import confirm_delivered
-from sbert_cli.io.storage import location, publish, store_error
-from sbert_cli.job import STDOUT
+from sbert_cli.io.publish import discard, publish, temporary_path
+from sbert_cli.io.storage import location, store_error
+from sbert_cli.choices import STDOUT
 
 _NPY_HEADER_BYTES = 128  # room for any [rows, dim] shape; rewritten with the real row count at the end
 
@@ -94,10 +94,7 @@ class EmbeddingWriter:
         except Exception:  # closing a half-written file may fail too; removing it is what matters
             pass
         for temp, _ in self._renames:
-            try:
-                os.remove(temp)
-            except FileNotFoundError:
-                pass
+            discard(temp)
         self._renames = []
 
 
@@ -302,7 +299,4 @@ class RejectsWriter:
     def abort(self) -> None:
         if self._stream is not None:
             self._stream.close()
-            try:
-                os.remove(self._temp)
-            except FileNotFoundError:
-                pass
+            discard(self._temp)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sbert_cli.errors import ModelError, UsageError
-from sbert_cli.job import SIMILARITIES
+from sbert_cli.choices import SIMILARITIES
 from sbert_cli.model.modules import read_json
 
 _SIMILARITY_ALIASES = {"dot_product": "dot"}

@@ -1,5 +1,5 @@
 """Files sbert derives once from a model's own (its OpenVINO conversion, its saved tokenizer): one folder per key,
-kept beside the model or in the user's cache, each written whole."""
+kept beside the model or in the user's cache, each published whole and durable (io.publish)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from sbert_cli.io.publish import publish_folder
 
 # The folders in a model's transformer directory where sbert keeps what it derives from the model's files: never part
 # of what identifies the model (the --cache fingerprint skips them).
@@ -58,11 +60,8 @@ def write_derived(roots: list[Path], options: dict[str, Any], write: Callable[[P
             if not write(staging):
                 return None
             (staging / OPTIONS_FILE).write_text(json.dumps(options, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-            try:
-                staging.rename(final)
-            except OSError:
-                if not (final / OPTIONS_FILE).is_file():  # not a concurrent run that got there first
-                    raise
+            if not publish_folder(staging, final) and not (final / OPTIONS_FILE).is_file():
+                raise OSError(f"{final}: is in the way and not a complete folder")  # not a concurrent run that got there first
             return final
         finally:
             shutil.rmtree(staging, ignore_errors=True)

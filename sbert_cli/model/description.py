@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from sbert_cli.errors import ModelError, UsageError, first_line
-from sbert_cli.job import ModelOptions
+from sbert_cli.model.options import ModelOptions
 from sbert_cli.model.card import read_card, resolve_prompt
 from sbert_cli.model.device import pick_device, pick_precision
 from sbert_cli.model.modules import HeadLayer, NormalizeLayer, PoolingConfig, ends_normalized, full_head, head_dim, read_dense, read_json, read_pooling

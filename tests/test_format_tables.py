@@ -1,0 +1,136 @@
+"""Input formats as one table: a format added as one entry in io.formats.INPUT_FORMATS is read from files and stdin and offered by --format."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+import pytest
+
+from sbert_cli.io import formats
+from sbert_cli.io.readers import sniff_format
+from sbert_cli.io.rows import MISSING, BadRow, Extent, Fields, InputFormatSpec, TableSpec
+from tests.conftest import FakeEncoder, expected_fake_vectors
+from tests.test_cli import error_of, read_output, run
+
+MARK = b"#!lines\n"  # what stdin starts with to be sniffed as the format below
+TEXTS = ["今天天气很好", "first line", "第三行，有逗号", "a, b\tc"]  # a comma and a tab: no CSV or TSV reading would keep these whole
+on_disk: list[bool] = []  # for each stream the reader was handed, whether it is a file (stdin spooled) or not
+
+
+def lines_fields(table: TableSpec, stream: IO[bytes], extent: Extent) -> Iterator[Fields | BadRow]:
+    """One text a line, its mark line skipped; the text column is the line, any other column is missing."""
+    on_disk.append(has_fileno(stream))
+    row = -1
+    for lineno, raw in enumerate(stream, 1):
+        if (lineno == 1 and raw == MARK) or not raw.strip():
+            continue
+        row += 1
+        text = raw.decode("utf-8").rstrip("\r\n")
+        yield Fields(row, f"{table.name}:{lineno}", tuple(text if column == table.columns[0] else MISSING for column in table.columns))
+
+
+LINES = InputFormatSpec("lines", "line-per-text", (".lines",), sniff=lambda head: head.startswith(MARK), fields=lines_fields)
+
+
+@pytest.fixture
+def lines_format(monkeypatch: pytest.MonkeyPatch) -> InputFormatSpec:
+    """The format registered as a new one is: one entry in the table, nothing else."""
+    on_disk.clear()
+    monkeypatch.setitem(formats.INPUT_FORMATS, "lines", LINES)
+    return LINES
+
+
+def lines_bytes(texts: list[str], mark: bool = True) -> bytes:
+    return (MARK if mark else b"") + "".join(f"{text}\n" for text in texts).encode("utf-8")
+
+
+def write_lines(path: Path, texts: list[str]) -> Path:
+    """A file found by its extension needs no mark."""
+    path.write_bytes(lines_bytes(texts, mark=False))
+    return path
+
+
+def assert_rows(ids: list, vectors: np.ndarray, texts: list[str]) -> None:
+    assert ids == list(range(len(texts)))
+    np.testing.assert_array_equal(vectors, expected_fake_vectors(texts))
+
+
+def test_a_format_added_to_the_table_reads_a_file_by_its_extension(tmp_path: Path, fake_encoder: FakeEncoder, lines_format: InputFormatSpec) -> None:
+    out = tmp_path / "out.parquet"
+    result = run("encode", write_lines(tmp_path / "texts.lines", TEXTS), "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    assert_rows(*read_output(out, ""), TEXTS)
+
+
+def test_a_format_added_to_the_table_is_sniffed_on_stdin(fake_encoder: FakeEncoder, lines_format: InputFormatSpec) -> None:
+    data = lines_bytes(TEXTS)
+    assert sniff_format(data) == "lines"
+    result = run("encode", "-", "-o", "-", "-q", input=data)
+    assert result.exit_code == 0, result.output
+    assert_rows(*read_output(None, result.stdout), TEXTS)
+    assert on_disk == [False]  # read from stdin as it came (the runner's has no file), not spooled
+
+
+def test_format_offers_an_added_format_and_lists_it_in_errors(tmp_path: Path, fake_encoder: FakeEncoder, lines_format: InputFormatSpec) -> None:
+    source = write_lines(tmp_path / "texts.txt", TEXTS)  # an extension of no format: only --format says how to read it
+    result = run("encode", source, "--format", "lines", "-o", "-", "-q")
+    assert result.exit_code == 0, result.output
+    assert_rows(*read_output(None, result.stdout), TEXTS)
+    result = run("encode", source, "-f", "xml")
+    assert error_of(result) == "sbert: error: Invalid value for '--format' / '-f': 'xml' is not one of 'csv', 'tsv', 'jsonl', 'parquet', 'lines'. (see 'sbert encode --help')"
+    result = run("encode", source, "-o", "-")
+    assert error_of(result) == f"sbert: error: {source}: cannot tell the format from the extension '.txt'; pass --format csv|tsv|jsonl|parquet|lines"
+    result = run("encode", tmp_path, "-o", tmp_path / "out.parquet")
+    assert error_of(result) == f"sbert: error: {tmp_path}: holds no .csv, .tsv, .jsonl, .parquet or .lines files; check the path, or pass --format to read other names"
+
+
+def test_an_added_format_reads_a_directory_numbered_across_files(tmp_path: Path, fake_encoder: FakeEncoder, lines_format: InputFormatSpec) -> None:
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    write_lines(folder / "a.lines", TEXTS[:3])
+    write_lines(folder / "b.lines", TEXTS[3:])
+    result = run("encode", folder, "-o", "-", "-q")
+    assert result.exit_code == 0, result.output
+    assert_rows(*read_output(None, result.stdout), TEXTS)
+
+
+def test_a_seekable_format_gets_stdin_spooled_to_disk(fake_encoder: FakeEncoder, monkeypatch: pytest.MonkeyPatch) -> None:
+    on_disk.clear()
+    monkeypatch.setitem(formats.INPUT_FORMATS, "lines", replace(LINES, seekable=True))
+    result = run("encode", "-", "-o", "-", "-q", input=lines_bytes(TEXTS))
+    assert result.exit_code == 0, result.output
+    assert_rows(*read_output(None, result.stdout), TEXTS)
+    assert on_disk == [True]  # spooled to a temporary file, which a reader may seek
+
+
+def test_without_the_entry_the_format_is_unknown(tmp_path: Path, fake_encoder: FakeEncoder) -> None:
+    result = run("encode", write_lines(tmp_path / "texts.lines", TEXTS), "--format", "lines")
+    assert result.exit_code == 2
+    assert error_of(result) == "sbert: error: Invalid value for '--format' / '-f': 'lines' is not one of 'csv', 'tsv', 'jsonl', 'parquet'. (see 'sbert encode --help')"
+    assert sniff_format(lines_bytes(TEXTS)) == "csv"  # no tab on the first line, not JSON, not Parquet: CSV's catch-all
+
+
+def test_the_table_is_consistent() -> None:
+    """Each entry under its own name; each extension lower case, dotted and claimed once; sniffing as before."""
+    table = formats.INPUT_FORMATS
+    assert list(table) == ["csv", "tsv", "jsonl", "parquet"]
+    assert all(name == spec.name for name, spec in table.items())
+    extensions = [extension for spec in table.values() for extension in spec.extensions]
+    assert len(extensions) == len(set(extensions)) and all(e.startswith(".") and e == e.lower() for e in extensions)
+    assert formats.extension_formats() == {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+    assert [name for name, spec in table.items() if spec.seekable] == ["parquet"]
+    assert formats.named_formats() == "CSV, TSV, JSONL or Parquet"
+    cases = {b"PAR1{\t": "parquet", b'\xef\xbb\xbf {"a":\t1}': "jsonl", b"\r\n a\tb\n": "tsv", b"a,b\n\t\n": "csv", b"": "csv", b"PAR": "csv"}
+    assert {head: sniff_format(head) for head in cases} == cases
+
+
+def has_fileno(stream: IO[bytes]) -> bool:
+    try:
+        stream.fileno()
+    except (OSError, ValueError):
+        return False
+    return True
