@@ -25,10 +25,12 @@ from sbert_cli.choices import (
 from sbert_cli.errors import OutputError, UsageError
 from sbert_cli.io.inputs import detect_format, expand_input, is_glob, reads
 from sbert_cli.io.output import OutputTarget, RunSettings
+from sbert_cli.io.output_formats import OUTPUT_FORMATS, format_of_suffix, suffixes_shown
 from sbert_cli.io.paths import Derived, refuse_overlap, refuse_reading_back
 from sbert_cli.io.readers import STDIN, InputSpec
 from sbert_cli.io.storage import StorePath, is_url, location
 from sbert_cli.model.options import ModelOptions
+from sbert_cli.words import or_list
 
 if TYPE_CHECKING:
     from sbert_cli.plan import BatchPlan
@@ -36,10 +38,9 @@ if TYPE_CHECKING:
 # The option values every layer shares live in choices.py, the model's options in model/options.py; named here too
 # for the CLI, which reads them from the job.
 __all__ = [
-    "BACKEND_CHOICES", "DEFAULT_MODEL", "OUTPUT_FORMATS", "PACKED_DTYPES", "PRECISIONS", "SCALED_DTYPES", "SIMILARITIES", "STDOUT",
+    "BACKEND_CHOICES", "DEFAULT_MODEL", "PACKED_DTYPES", "PRECISIONS", "SCALED_DTYPES", "SIMILARITIES", "STDOUT",
     "BackendChoice", "Dtype", "EncodeJob", "Engine", "ModelOptions", "OnError", "OutputTarget", "Precision", "RayOptions", "Similarity",
 ]
-OUTPUT_FORMATS = {".parquet": "parquet", ".npy": "npy", ".jsonl": "jsonl"}
 
 
 @dataclass(frozen=True)
@@ -111,8 +112,9 @@ class EncodeJob:
             raise UsageError("--overwrite is for -o DIRECTORY: a single output file is always replaced whole")
         if self.skip_bad_rows and output.kind == "stdout":
             raise UsageError("--on-error skip needs an output file or directory to put the rejects beside; -o - has none")
-        if self.with_stats and output.format == "npy":
-            raise UsageError(f"{output.path}: --with-stats needs a .parquet or .jsonl output, which have room for the columns")
+        if self.with_stats and not OUTPUT_FORMATS[output.format].has_columns:
+            roomy = or_list([spec.suffix for spec in OUTPUT_FORMATS.values() if spec.has_columns])
+            raise UsageError(f"{output.path}: --with-stats needs a {roomy} output, which have room for the columns")
 
 
 def input_spec(path: str, format: str | None, text_column: str, id_column: str | None) -> InputSpec:
@@ -143,12 +145,12 @@ def output_target(output: str | None, input_path: str, dtype: str, calibration: 
     if is_directory_output(output):
         return OutputTarget(str(Path(output)), "directory", "parquet", dtype, calibration)
     path = Path(output)
-    suffix = _output_suffix(output)
+    format = _output_format(output)
     if not path.parent.is_dir():
         raise UsageError(f"{output}: directory '{path.parent}' does not exist; create it first")
     if not os.access(path.parent, os.W_OK):
         raise OutputError(f"{output}: directory '{path.parent}' is not writable")
-    return OutputTarget(output, "file", OUTPUT_FORMATS[suffix], dtype, calibration)
+    return OutputTarget(output, "file", format, dtype, calibration)
 
 
 def _check_calibration(output: str | None, dtype: str, calibration: str | None) -> None:
@@ -164,18 +166,20 @@ def _check_calibration(output: str | None, dtype: str, calibration: str | None) 
 def _default_output(input_path: str) -> str:
     """<input stem>.embeddings.parquet beside the input file, directory or prefix; a glob or stdin names no place."""
     if input_path == STDIN:
-        raise UsageError("reading stdin needs -o: a .parquet, .npy or .jsonl file, or - for JSON lines on stdout")
+        raise UsageError("reading stdin needs -o: a " + suffixes_shown() + " file, or - for JSON lines on stdout")
     source = location(input_path)
     if is_glob(input_path) or not source.name:
         raise UsageError(f"{input_path}: names many files and no place for their vectors; pass -o FILE.parquet or -o DIRECTORY/")
     return str(source.with_name(f"{source.stem}.embeddings.parquet"))
 
 
-def _output_suffix(output: str) -> str:
+def _output_format(output: str) -> str:
+    """The output format -o's suffix names (io.output_formats)."""
     suffix = location(output).suffix.lower()
-    if suffix not in OUTPUT_FORMATS:
-        raise UsageError(f"{output}: unknown output extension '{suffix}'; use .parquet, .npy or .jsonl, or -o - for stdout")
-    return suffix
+    format = format_of_suffix(suffix)
+    if format is None:
+        raise UsageError(f"{output}: unknown output extension '{suffix}'; use {suffixes_shown()}, or -o - for stdout")
+    return format
 
 
 def _store_target(output: str, dtype: str, calibration: str | None) -> OutputTarget:
@@ -185,16 +189,16 @@ def _store_target(output: str, dtype: str, calibration: str | None) -> OutputTar
     target.require_bucket()
     if is_directory_output(output):
         if target.is_file():
-            raise UsageError(f"{target}: is an object, not a prefix; pass a new or empty prefix ending in /, or a .parquet, .npy or .jsonl key")
+            raise UsageError(f"{target}: is an object, not a prefix; pass a new or empty prefix ending in /, or a {suffixes_shown()} key")
         return OutputTarget(str(target), "directory", "parquet", dtype, calibration)
-    return OutputTarget(str(target), "file", OUTPUT_FORMATS[_output_suffix(output)], dtype, calibration)
+    return OutputTarget(str(target), "file", _output_format(output), dtype, calibration)
 
 
 def _refuse_file_in_the_way(output: str) -> None:
     """A file where -o needs a directory: the output itself (a directory output) or one of its parents."""
     path = Path(output)
     if is_directory_output(output) and path.exists() and not path.is_dir():
-        raise UsageError(f"{output}: is a file, not a directory; pass a new or empty directory, or a .parquet, .npy or .jsonl file")
+        raise UsageError(f"{output}: is a file, not a directory; pass a new or empty directory, or a {suffixes_shown()} file")
     for folder in path.parents:
         if folder.exists() and not folder.is_dir():
             raise UsageError(f"{output}: '{folder}' is a file, not a directory; pass another -o")

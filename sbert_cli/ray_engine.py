@@ -109,7 +109,7 @@ class EncodeBatches:
         import pyarrow as pa
 
         from sbert_cli.embedding import embed_texts
-        from sbert_cli.io.writers import embedding_array
+        from sbert_cli.io.parquet_out import embedding_array
 
         vectors = embed_texts(table.column("text").to_pylist(), self.source, self.plan)
         result = pa.table({"id": table.column("id"), "embedding": embedding_array(self.form.store(vectors), self.form.numpy_dtype)})

@@ -1,4 +1,6 @@
-"""Input formats as one table: a format added as one entry in io.formats.INPUT_FORMATS is read from files and stdin and offered by --format."""
+"""Formats as tables: an input format added as one entry in io.formats.INPUT_FORMATS is read from files and stdin and
+offered by --format; an output format added as one entry in io.output_formats.OUTPUT_FORMATS is written by -o, its
+sidecar published beside it and checked against the inputs like any other."""
 
 from __future__ import annotations
 
@@ -7,10 +9,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import IO
 
+import json
+
 import numpy as np
 import pytest
 
-from sbert_cli.io import formats
+from sbert_cli.io import formats, output_formats
+from sbert_cli.io.output_formats import OutputFormatSpec
+from sbert_cli.io.writers import EmbeddingWriter, WriterSpec
 from sbert_cli.io.readers import sniff_format
 from sbert_cli.io.rows import MISSING, BadRow, Extent, Fields, InputFormatSpec, TableSpec
 from tests.conftest import FakeEncoder, expected_fake_vectors
@@ -134,3 +140,74 @@ def has_fileno(stream: IO[bytes]) -> bool:
     except (OSError, ValueError):
         return False
     return True
+
+
+# --- output formats -------------------------------------------------------------------------------------------
+
+
+class TsvVectorWriter(EmbeddingWriter):
+    """id<TAB>comma-separated values a line, and the row count in a sidecar: a format sbert does not ship."""
+
+    def __init__(self, spec: WriterSpec) -> None:
+        super().__init__(spec)
+        self._stream = open(self._temporary(spec.path), "w", encoding="utf-8")
+        self._count_file = self._temporary(count_path(spec.path))
+
+    def write(self, ids: list, vectors: np.ndarray, n_tokens: list[int] | None = None) -> None:
+        stored = self.form.store(vectors)
+        self._stream.write("".join(f"{value}\t{','.join(repr(float(x)) for x in row)}\n" for value, row in zip(ids, stored)))
+        self.rows += len(ids)
+
+    def _close(self) -> None:
+        if not self._stream.closed:
+            self._stream.close()
+            Path(self._count_file).write_text(f"{self.rows}\n", encoding="utf-8")
+
+
+def count_path(path: str) -> str:
+    return path + ".count"
+
+
+VECS = OutputFormatSpec("vecs", ".vecs", TsvVectorWriter, (("row count sidecar", count_path),), has_columns=False)
+
+
+@pytest.fixture
+def vecs_format(monkeypatch: pytest.MonkeyPatch) -> OutputFormatSpec:
+    """The output format registered as a new one is: one entry in the table, nothing else."""
+    monkeypatch.setitem(output_formats.OUTPUT_FORMATS, "vecs", VECS)
+    return VECS
+
+
+def test_an_output_format_added_by_one_table_entry_is_written(tmp_path: Path, fake_encoder, vecs_format) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"text": text}, ensure_ascii=False) + "\n" for text in TEXTS), encoding="utf-8")
+    out = tmp_path / "out.vecs"
+    result = run("encode", source, "-o", out, "-q")
+    assert result.exit_code == 0, result.stderr
+    rows = [line.split("\t") for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [int(value) for value, _ in rows] == list(range(len(TEXTS)))
+    vectors = np.asarray([[float(x) for x in values.split(",")] for _, values in rows], dtype=np.float32)
+    np.testing.assert_array_equal(vectors, expected_fake_vectors(TEXTS))
+    assert (tmp_path / "out.vecs.count").read_text(encoding="utf-8") == f"{len(TEXTS)}\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["in.jsonl", "out.vecs", "out.vecs.count"]  # nothing else left
+
+
+def test_an_added_output_formats_sidecar_and_columns_are_read_from_the_table(tmp_path: Path, fake_encoder, vecs_format) -> None:
+    source = tmp_path / "out.vecs.count"  # an input named as the new format's sidecar of -o out.vecs
+    source.write_text(json.dumps({"text": "x"}) + "\n", encoding="utf-8")
+    result = run("encode", source, "--format", "jsonl", "-o", tmp_path / "out.vecs")
+    assert result.exit_code == 2
+    assert error_of(result) == f"sbert: error: {source}: is the input, and -o {tmp_path / 'out.vecs'} would overwrite it as its row count sidecar; pass another -o"
+    other = tmp_path / "in.jsonl"
+    other.write_text(json.dumps({"text": "x"}) + "\n", encoding="utf-8")
+    result = run("encode", other, "-o", tmp_path / "out.vecs", "--with-stats")
+    assert result.exit_code == 2
+    assert error_of(result) == f"sbert: error: {tmp_path / 'out.vecs'}: --with-stats needs a .parquet or .jsonl output, which have room for the columns"
+
+
+def test_without_its_entry_an_output_suffix_is_refused_naming_the_table(tmp_path: Path, fake_encoder) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps({"text": "x"}) + "\n", encoding="utf-8")
+    result = run("encode", source, "-o", tmp_path / "out.vecs")
+    assert result.exit_code == 2
+    assert error_of(result) == f"sbert: error: {tmp_path / 'out.vecs'}: unknown output extension '.vecs'; use .parquet, .npy or .jsonl, or -o - for stdout"

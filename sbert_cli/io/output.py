@@ -21,6 +21,7 @@ from sbert_cli.io.manifest import (
     prepare_directory,
     refuse_foreign_files,
 )
+from sbert_cli.io.output_formats import OUTPUT_FORMATS
 from sbert_cli.io.paths import Derived, DirectoryLayout, directory_output_paths, file_lock_path, file_output_paths, rejects_path
 from sbert_cli.io.publish import remove_leftovers, spool_dir, temporary_pattern
 from sbert_cli.io.sinks import FileSink, ShardedSink, Sink, describe_vectors
@@ -54,7 +55,7 @@ class OutputTarget:
             return directory_output_paths(self.path)
         if self.kind == "stdout":
             return Derived("-o", ())
-        return file_output_paths(self.path, self.format)
+        return file_output_paths(self.path, OUTPUT_FORMATS[self.format].sidecar_paths(self.path))
 
     @property
     def shown(self) -> str:

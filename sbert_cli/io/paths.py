@@ -83,15 +83,10 @@ class Derived:
     folders: tuple[str, ...] = ()
 
 
-def file_output_paths(path: str, format: str) -> Derived:
-    """A single output file's companions: the ids sidecar (.npy), the int8/uint8 ranges' sidecar (.npy, .jsonl), the
-    rejects file (written with --on-error skip, removed after a clean run, since an earlier run's rejects no longer
-    apply), the lock."""
-    files = [("output", path)]
-    if format == "npy":
-        files.append(("ids sidecar", ids_path(path)))
-    if format != "parquet":
-        files.append(("quantization sidecar", quantization_path(path)))
+def file_output_paths(path: str, sidecars: tuple[tuple[str, str], ...]) -> Derived:
+    """A single output file's companions: its format's sidecars (role, path), the rejects file (written with
+    --on-error skip, removed after a clean run, since an earlier run's rejects no longer apply), the lock."""
+    files = [("output", path), *sidecars]
     files.append(("rejects file", rejects_path(path)))
     files.append(("lock file", str(file_lock_path(path))))
     return Derived("-o", tuple(files))

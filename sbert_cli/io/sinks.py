@@ -12,7 +12,9 @@ from sbert_cli.io.manifest import Manifest, ShardEntry, save_manifest
 from sbert_cli.io.paths import DirectoryLayout
 from sbert_cli.io.readers import BadRow, Record
 from sbert_cli.io.storage import location
-from sbert_cli.io.writers import NOTHING_WRITTEN, WRITERS, EmbeddingWriter, ParquetWriter, RejectsWriter, WriterSpec
+from sbert_cli.io.output_formats import OUTPUT_FORMATS
+from sbert_cli.io.parquet_out import ParquetWriter
+from sbert_cli.io.writers import NOTHING_WRITTEN, EmbeddingWriter, RejectsWriter, WriterSpec
 from sbert_cli.words import plural
 
 if TYPE_CHECKING:
@@ -69,7 +71,7 @@ class FileSink:
     complete = False
 
     def __init__(self, spec: WriterSpec, format: str, rejects: RejectsWriter | None, check: Callable[[], None] = lambda: None) -> None:
-        self.writer: EmbeddingWriter = WRITERS[format](spec)
+        self.writer: EmbeddingWriter = OUTPUT_FORMATS[format].writer(spec)
         self.rejects = rejects
         self.rejects_shown = rejects.path if rejects is not None else ""
         self.check = check

@@ -1,11 +1,10 @@
-"""Vectors -> files: Parquet, .npy (+ ids sidecar), JSON lines and rejects, each under a temporary name until it is
-complete, then renamed into place (or, for an object store, uploaded from the local spool)."""
+"""What every output format's writer shares: its spec, the temporary-then-publish life of its files, the one-line
+write errors, and the rejects file. The formats themselves are modules of their own, listed in io/output_formats.py."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,16 +13,12 @@ from typing import IO, Any
 
 import numpy as np
 
-from sbert_cli.errors import InputDataError, OutputError
+from sbert_cli.choices import STDOUT
+from sbert_cli.errors import OutputError
 from sbert_cli.io.compact import VectorForm
-from sbert_cli.io.paths import ids_path, quantization_path
-from sbert_cli.io.pipe import confirm_delivered
+from sbert_cli.io.paths import quantization_path
 from sbert_cli.io.publish import discard, publish, temporary_path
 from sbert_cli.io.storage import location, store_error
-from sbert_cli.choices import STDOUT
-
-_NPY_HEADER_BYTES = 128  # room for any [rows, dim] shape; rewritten with the real row count at the end
-
 
 NOTHING_WRITTEN = "nothing was written"
 
@@ -98,54 +93,6 @@ class EmbeddingWriter:
         self._renames = []
 
 
-class ParquetWriter(EmbeddingWriter):
-    """id + embedding (fixed_size_list<float>[dim]), model facts in the schema metadata, a row group per window."""
-
-    def __init__(self, spec: WriterSpec) -> None:
-        super().__init__(spec)
-        self._temp = self._temporary(spec.path)
-        self._writer: Any = None
-        self._id_type: Any = None
-
-    def write(self, ids: list[Any], vectors: np.ndarray, n_tokens: list[int] | None = None) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        id_array = _id_array(pa, ids, self._id_type, self.rows)
-        arrays = [id_array, embedding_array(self.form.store(vectors), self.dtype)]
-        names = ["id", "embedding"]
-        if self.spec.stats_max_length is not None and n_tokens is not None:
-            counts = np.asarray(n_tokens, dtype=np.int32)
-            arrays += [pa.array(counts), pa.array(counts > self.spec.stats_max_length)]
-            names += ["n_tokens", "truncated"]
-        table = pa.Table.from_arrays(arrays, names=names)
-        with output_errors(self.spec.path, self.spec.on_failure):
-            metadata = {**self.spec.metadata, **self.form.metadata()}  # int8/uint8 ranges are known from the first window on
-            if self._writer is None:
-                self._id_type = id_array.type
-                self._writer = pq.ParquetWriter(self._temp, table.schema.with_metadata(metadata), **vector_column_options(names))
-            self._writer.write_table(table.replace_schema_metadata(metadata))
-        self.rows += len(ids)
-
-    def _close(self) -> None:
-        if self._writer is None:  # no rows: still write a valid, empty file
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
-            fields = [("id", pa.int64()), ("embedding", pa.list_(pa.from_numpy_dtype(self.dtype), self.width))]
-            if self.spec.stats_max_length is not None:
-                fields += [("n_tokens", pa.int32()), ("truncated", pa.bool_())]
-            self._writer = pq.ParquetWriter(self._temp, pa.schema(fields, metadata=self.spec.metadata), **vector_column_options([name for name, _ in fields]))
-        self._writer.close()
-
-
-def vector_column_options(names: list[str]) -> dict[str, Any]:
-    """ParquetWriter options: dictionary encoding and min/max statistics for every column but the vectors. Neither
-    helps a column of distinct floats, and trying both halved the write speed of a window's vectors."""
-    others = [name for name in names if name != "embedding"]
-    return {"use_dictionary": others, "write_statistics": others}
-
-
 def file_digest(path: str | Path) -> tuple[str, int]:
     """SHA-256 and size of a local file."""
     digest, size = hashlib.sha256(), 0
@@ -154,102 +101,6 @@ def file_digest(path: str | Path) -> tuple[str, int]:
             digest.update(chunk)
             size += len(chunk)
     return digest.hexdigest(), size
-
-
-def embedding_array(vectors: np.ndarray, dtype: Any) -> Any:
-    """[rows, width] stored vectors as an Arrow fixed_size_list<type>[width] column, the embedding column's type
-    (float, halffloat, int8 or uint8; width is dim, or dim / 8 packed)."""
-    import pyarrow as pa
-
-    values = pa.array(np.ascontiguousarray(vectors, dtype=np.dtype(dtype)).reshape(-1))
-    return pa.FixedSizeListArray.from_arrays(values, vectors.shape[1])
-
-
-def _id_array(pa: Any, ids: list[Any], id_type: Any, first_row: int) -> Any:
-    try:
-        return pa.array(ids, type=id_type)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-        kinds = sorted({type(value).__name__ for value in ids})
-        raise InputDataError(
-            f"ids from row {first_row} on mix types ({', '.join(kinds)}) or differ from earlier ids ({id_type}); "
-            "use an id column of one type"
-        ) from None
-
-
-class NpyWriter(EmbeddingWriter):
-    """[rows, width] in input order in the stored dtype, streamed; ids go to a JSON-lines sidecar, int8/uint8 ranges to
-    NAME.quantization.json."""
-
-    def __init__(self, spec: WriterSpec) -> None:
-        super().__init__(spec)
-        with output_errors(spec.path, spec.on_failure):
-            self._ids_file: IO[str] = open(self._temporary(ids_path(spec.path)), "w", encoding="utf-8")
-            self._array_file: IO[bytes] = open(self._temporary(spec.path), "wb")
-            self._array_file.write(_npy_header(self.dtype, (0, self.width)))
-
-    def write(self, ids: list[Any], vectors: np.ndarray, n_tokens: list[int] | None = None) -> None:
-        with output_errors(self.spec.path, self.spec.on_failure):
-            self._ids_file.write("".join(json.dumps(value, ensure_ascii=False) + "\n" for value in ids))
-            self._array_file.write(self.form.store(vectors).tobytes())
-        self.rows += len(ids)
-
-    def _close(self) -> None:
-        if not self._array_file.closed:
-            self._array_file.seek(0)
-            self._array_file.write(_npy_header(self.dtype, (self.rows, self.width)))
-            self._array_file.close()
-            self._write_ranges_sidecar()
-        self._ids_file.close()
-
-
-def _npy_header(dtype: np.dtype, shape: tuple[int, int]) -> bytes:
-    """An .npy v1.0 header padded to a fixed size, so it can be rewritten once the row count is known."""
-    text = repr({"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
-    prefix = b"\x93NUMPY\x01\x00"
-    room = _NPY_HEADER_BYTES - len(prefix) - 2
-    body = text.encode("latin1").ljust(room - 1) + b"\n"
-    return prefix + len(body).to_bytes(2, "little") + body
-
-
-class JsonLinesWriter(EmbeddingWriter):
-    """{"id": ..., "embedding": [...]} a line, to stdout (for pipelines) or to a file renamed at the end."""
-
-    def __init__(self, spec: WriterSpec) -> None:
-        super().__init__(spec)
-        self._owns_stream = spec.path != STDOUT
-        if self._owns_stream:
-            with output_errors(spec.path, spec.on_failure):
-                self._stream: IO[str] = open(self._temporary(spec.path), "w", encoding="utf-8")
-        else:
-            self._stream = sys.stdout
-
-    def write(self, ids: list[Any], vectors: np.ndarray, n_tokens: list[int] | None = None) -> None:
-        rows = self.form.store(vectors).tolist()
-        objects = [{"id": value, "embedding": row} for value, row in zip(ids, rows)]
-        limit = self.spec.stats_max_length
-        if limit is not None and n_tokens is not None:
-            for obj, count in zip(objects, n_tokens):
-                obj["n_tokens"], obj["truncated"] = count, count > limit
-        lines = "".join(json.dumps(obj, ensure_ascii=False) + "\n" for obj in objects)
-        with output_errors(self.spec.path, self.spec.on_failure):
-            self._stream.write(lines)
-            if not self._owns_stream:
-                self._stream.flush()  # a pipeline reader gets each window as soon as it is ready
-        self.rows += len(ids)
-
-    def _close(self) -> None:
-        if self._owns_stream and not self._stream.closed:
-            self._stream.close()
-            self._write_ranges_sidecar()
-
-    def finish(self) -> None:
-        super().finish()
-        if not self._owns_stream:
-            with output_errors(self.spec.path, self.spec.on_failure):
-                confirm_delivered(self._stream)  # rows a pipe's reader never took are not written
-
-
-WRITERS: dict[str, type[EmbeddingWriter]] = {"parquet": ParquetWriter, "npy": NpyWriter, "jsonl": JsonLinesWriter}
 
 
 @contextmanager
