@@ -178,7 +178,8 @@ def test_a_run_that_failed_before_its_first_shard_reruns_with_the_same_line(tmp_
     failed = run(*line)
     assert failed.exit_code == 1
     assert error_of(failed) == f"sbert: error: {source}:6: 'text' is null"
-    assert not manifest_path(out).exists() and not list(out.iterdir())  # nothing of the failed run is left
+    # Nothing of the failed run is left, not even the folders it made for its output.
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["in.jsonl"]
     texts = bad_row_input(source, 30, bad=None)
     again = run(*line)
     assert again.exit_code == 0, again.output

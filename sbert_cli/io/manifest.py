@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from sbert_cli.errors import InputDataError, UsageError
 from sbert_cli.io.inputs import InputFile, describe_change, identity
 from sbert_cli.io.paths import DirectoryLayout
-from sbert_cli.io.publish import TEMPORARY_MARK, write_text
+from sbert_cli.io.publish import TEMPORARY_MARK, sync_directory, write_text
 from sbert_cli.io.readers import STDIN
 from sbert_cli.io.storage import readable_locally, size_of
 from sbert_cli.io.writers import NOTHING_WRITTEN, file_digest, output_errors
@@ -27,11 +27,33 @@ _FIRST_LAYOUT_FILES = ("manifest.json", ".sbert.lock")  # sbert 0.1 kept these i
 _FIRST_LAYOUT_REJECTS = re.compile(r"part-\d{5}\.rejects\.jsonl")
 
 
-def create_layout(layout: DirectoryLayout) -> None:
-    """The output directory and its state folder, made when missing; a failure is one line naming it."""
+def create_layout(layout: DirectoryLayout) -> list[Path]:
+    """The output directory and its state folder, made when missing (each synced in its parent, so that it
+    survives a power cut with what is published into it); a failure is one line naming it. Returns the folders
+    it made on a disk (a store has no folders to make)."""
+    if not readable_locally(layout.data):
+        return []
+    made = []
     with output_errors(str(layout.data)):
         for folder in (layout.data, layout.state, layout.rejects):
+            missing = [parent for parent in (folder, *folder.parents) if not parent.exists()]  # type: ignore[union-attr]
             folder.mkdir(parents=True, exist_ok=True)
+            for new in reversed(missing):
+                sync_directory(new.parent)  # type: ignore[arg-type]
+            made += reversed(missing)  # type: ignore[arg-type]
+    return made
+
+
+def remove_unused_layout(layout: DirectoryLayout, made: list[Path]) -> None:
+    """The folders `create_layout` made, removed again when the run published nothing into them (no manifest)."""
+    if not made or layout.manifest.exists():
+        return
+    (Path(layout.lock)).unlink(missing_ok=True)  # type: ignore[arg-type]
+    for folder in reversed(made):
+        try:
+            folder.rmdir()
+        except OSError:
+            return  # not empty: something else is there; leave it
 
 
 @dataclass

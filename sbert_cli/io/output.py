@@ -20,6 +20,7 @@ from sbert_cli.io.manifest import (
     migrate_first_layout,
     prepare_directory,
     refuse_foreign_files,
+    remove_unused_layout,
 )
 from sbert_cli.io.output_formats import OUTPUT_FORMATS
 from sbert_cli.io.paths import Derived, DirectoryLayout, directory_output_paths, file_lock_path, file_output_paths, rejects_path
@@ -165,11 +166,14 @@ def open_output(target: OutputTarget, run: RunSettings, notice: Callable[[str], 
         return
     layout = DirectoryLayout.at(target.path)
     refuse_foreign_files(layout)
-    create_layout(layout)
+    made = create_layout(layout)
     with _held(layout.lock, str(layout.data), False, notice) as check, _spool(target.path) as spool:
-        folders = [spool] if spool is not None else [Path(folder) for folder in (layout.state, layout.data, layout.rejects)]  # type: ignore[arg-type]
-        _tell_removed(remove_leftovers(folders), notice)
-        yield DirectoryOutput(target, run, check, spool, layout)
+        try:
+            folders = [spool] if spool is not None else [Path(folder) for folder in (layout.state, layout.data, layout.rejects)]  # type: ignore[arg-type]
+            _tell_removed(remove_leftovers(folders), notice)
+            yield DirectoryOutput(target, run, check, spool, layout)
+        finally:
+            remove_unused_layout(layout, made)  # a run that published nothing leaves no empty folders (lock still held)
 
 
 @contextmanager

@@ -72,7 +72,7 @@ def publish(temporary: str, final: str) -> None:
         return
     sync_file(temporary)
     os.replace(temporary, final)
-    pass  # MUTANT2
+    sync_directory(os.path.dirname(os.path.abspath(final)))
 
 
 def discard(temporary: str) -> None:

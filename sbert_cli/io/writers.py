@@ -79,8 +79,15 @@ class EmbeddingWriter:
             self._close()
             if self.spec.checksum:
                 self.digest = file_digest(next(temp for temp, final in self._renames if final == self.spec.path))
-            for temp, final in self._renames:
-                publish(temp, final)
+            published: list[str] = []
+            try:
+                for temp, final in self._renames:  # sidecars first, the output last
+                    publish(temp, final)
+                    published.append(final)
+            except BaseException:
+                for final in published:  # no new sidecar is left beside an output that was not published
+                    location(final).unlink(missing_ok=True)
+                raise
         self._renames = []
 
     def abort(self) -> None:
