@@ -82,13 +82,13 @@ class EncodeJob:
         # Nothing sbert writes or removes may be an input, now or on the next run of a directory or glob input:
         # checked once, before anything is touched.
         inputs = [file.path for file in self.input.files] or [self.input.path]
-        refuse_overlap(self.output.derived(), inputs)
-        refuse_reading_back(self.output.derived(), self.input.path, lambda path: reads(self.input.path, path))
+        refuse_overlap(self.output.derived, inputs)
+        refuse_reading_back(self.output.derived, self.input.path, lambda path: reads(self.input.path, path))
         if self.output.calibration is not None:
-            refuse_overlap(self.output.derived(), [self.output.calibration], noun="calibration", change="-o")
+            refuse_overlap(self.output.derived, [self.output.calibration], noun="calibration", change="-o")
         if self.cache is not None:
             refuse_overlap(cache_paths(self.cache), inputs)
-            refuse_overlap(self.output.derived(), [self.cache], noun="cache", change="--cache")
+            refuse_overlap(self.output.derived, [self.cache], noun="cache", change="--cache")
 
     def _check_options(self) -> None:
         output = self.output
@@ -138,19 +138,19 @@ def output_target(output: str | None, input_path: str, dtype: str, calibration: 
     if output is None:
         output = _default_output(input_path)
     if output == STDOUT:
-        return OutputTarget(output, "stdout", "jsonl", dtype, calibration)
+        return OutputTarget.chosen(output, "stdout", "jsonl", dtype, calibration)
     if is_url(output):
         return _store_target(output, dtype, calibration)
     _refuse_file_in_the_way(output)
     if is_directory_output(output):
-        return OutputTarget(str(Path(output)), "directory", "parquet", dtype, calibration)
+        return OutputTarget.chosen(str(Path(output)), "directory", "parquet", dtype, calibration)
     path = Path(output)
     format = _output_format(output)
     if not path.parent.is_dir():
         raise UsageError(f"{output}: directory '{path.parent}' does not exist; create it first")
     if not os.access(path.parent, os.W_OK):
         raise OutputError(f"{output}: directory '{path.parent}' is not writable")
-    return OutputTarget(output, "file", format, dtype, calibration)
+    return OutputTarget.chosen(output, "file", format, dtype, calibration)
 
 
 def _check_calibration(output: str | None, dtype: str, calibration: str | None) -> None:
@@ -190,8 +190,8 @@ def _store_target(output: str, dtype: str, calibration: str | None) -> OutputTar
     if is_directory_output(output):
         if target.is_file():
             raise UsageError(f"{target}: is an object, not a prefix; pass a new or empty prefix ending in /, or a {suffixes_shown()} key")
-        return OutputTarget(str(target), "directory", "parquet", dtype, calibration)
-    return OutputTarget(str(target), "file", _output_format(output), dtype, calibration)
+        return OutputTarget.chosen(str(target), "directory", "parquet", dtype, calibration)
+    return OutputTarget.chosen(str(target), "file", _output_format(output), dtype, calibration)
 
 
 def _refuse_file_in_the_way(output: str) -> None:

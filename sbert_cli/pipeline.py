@@ -61,9 +61,9 @@ class RunReport:
 def run_encode(job: EncodeJob, model_opener: Callable[[ModelOptions], ModelHandle], hooks: Hooks, extent: Extent) -> RunReport:
     """The whole encode job: the output, the model (opened by `model_opener`), cache and rows are built elsewhere;
     this only connects them. The output is opened first: a run it continues decides the precision."""
+    cache = open_cache(job.cache)
     with open_output(job.output, job.run_settings, hooks.notice) as output:
         handle = model_opener(replace(job.model, precision=output.precision(job.model.precision)))
-        cache = open_cache(job.cache)
         started = time.perf_counter()
         with output.sink(handle.info) as sink:
             if sink.complete:
@@ -99,58 +99,29 @@ def encode_rows(
     """
     stats = EncodeStats()
     windows = _windows(rows, source=source, sink=sink, plan=plan, skip_bad_rows=skip_bad_rows, stats=stats, extent=extent)
-    writer = BackgroundSink(sink)
-    shards = _Shards(sink, writer, stats)
     tracker = ProgressTracker(hooks.progress, extent)
+    writer = BackgroundSink(sink)
     try:
         # Reading, deduplicating, looking up and tokenizing the next window, and writing the last one, overlap this
         # one's forward pass. Those three are the only windows in memory: prefetch starts the next one only once
         # this one is taken, and the writer takes a window only once it has written the last.
         for window in prefetch(windows, depth=1):
             on_batch = tracker.start(window.rows, window.position)
-            if shards.enter(window.shard):
+            if writer.enter(window.shard):
                 _encode_window(window, source, writer, stats, check_stop=hooks.check_stop, on_batch=on_batch, input_name=input_name)
             else:
                 stats.resumed_rows += window.rows
             tracker.window_done()
             hooks.check_stop()
             del window, on_batch  # the writer holds what it still needs; the window's tokens and texts go now
-        shards.close()
+        writer.end_shard()
         writer.close()
     except BaseException:
         writer.abandon()
         raise
     stats.stage_seconds["write"] = writer.seconds
+    stats.shards_written, stats.shards_resumed = writer.shards_written, writer.shards_resumed
     return stats
-
-
-class _Shards:
-    """Which shard the run is in: the last one finished and the next started as windows cross into it."""
-
-    def __init__(self, sink: Sink, writer: BackgroundSink, stats: EncodeStats) -> None:
-        self.sink, self.writer, self.stats = sink, writer, stats
-        self.current: int | None = None
-
-    def enter(self, shard: int) -> bool:
-        """Move to `shard`; False when an earlier run finished it (--resume), so its rows are read past."""
-        if shard in self.sink.done:
-            if shard != self.current:
-                self.close()  # the shard before it was encoded again (it was missing or damaged): publish it first
-                self.stats.shards_resumed += 1
-            self.current = shard
-            return False
-        if shard != self.current:
-            self.close()
-            self.writer.start_shard(shard)
-            self.current = shard
-        return True
-
-    def close(self) -> None:
-        """Finish the shard being written, if any."""
-        if self.current is not None and self.current not in self.sink.done:
-            self.writer.finish_shard()
-            self.stats.shards_written += 1
-            self.current = None
 
 
 def _encode_window(

@@ -19,7 +19,8 @@ T = TypeVar("T")
 
 
 class BackgroundSink:
-    """Runs a sink's calls in order on a writer thread, so Parquet encoding and disk writes overlap the forward pass.
+    """Runs a sink's calls in order on a writer thread, so Parquet encoding and disk writes overlap the forward pass;
+    it follows the shards as the run crosses from one into the next.
 
     One window is written at a time: write() waits until the sink is done with the previous calls, so the
     window being written is the only one behind the one being encoded. A failed call (a full disk) is
@@ -29,14 +30,33 @@ class BackgroundSink:
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
         self.seconds = 0.0
+        self.shard: int | None = None  # the shard the run is in (entered, not yet ended)
+        self.shards_written = self.shards_resumed = 0
         self._calls: queue.Queue[Any] = queue.Queue()
         self._error: BaseException | None = None
         self._abandoned = False
         self._thread = threading.Thread(target=self._run, name="sbert-writer", daemon=True)
         self._thread.start()
 
-    def start_shard(self, index: int) -> None:
-        self._submit(self.sink.start_shard, index)
+    def enter(self, shard: int) -> bool:
+        """Move to `shard`, finishing (publishing) the shard before it first. False when an earlier run finished
+        `shard` (--resume): its rows are read past, nothing is written for them."""
+        if shard == self.shard:
+            return shard not in self.sink.done
+        self.end_shard()
+        self.shard = shard
+        if shard in self.sink.done:
+            self.shards_resumed += 1
+            return False
+        self._submit(self.sink.start_shard, shard)
+        return True
+
+    def end_shard(self) -> None:
+        """Finish the shard being written, if any (a shard an earlier run finished is not written again)."""
+        if self.shard is not None and self.shard not in self.sink.done:
+            self._submit(self.sink.finish_shard)
+            self.shards_written += 1
+        self.shard = None
 
     def write(self, records: list[Record], vectors: np.ndarray, n_tokens: list[int]) -> None:
         self._calls.join()  # the last window is written (and freed) before this one is handed over
@@ -45,9 +65,6 @@ class BackgroundSink:
     def reject(self, rows: list[BadRow]) -> None:
         if rows:
             self._submit(self.sink.reject, rows)
-
-    def finish_shard(self) -> None:
-        self._submit(self.sink.finish_shard)
 
     def close(self) -> None:
         """Wait until every call has run; re-raise the first failure."""

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 from sbert_cli.errors import InputDataError, UsageError
 from sbert_cli.io.inputs import InputFile, describe_change, identity
 from sbert_cli.io.paths import DirectoryLayout
-from sbert_cli.io.publish import TEMPORARY_MARK, sync_directory, write_text
+from sbert_cli.durable import sync_directory
+from sbert_cli.io.publish import TEMPORARY_MARK, write_text
 from sbert_cli.io.readers import STDIN
 from sbert_cli.io.storage import readable_locally, size_of
 from sbert_cli.io.writers import NOTHING_WRITTEN, file_digest, output_errors
@@ -45,15 +46,16 @@ def create_layout(layout: DirectoryLayout) -> list[Path]:
 
 
 def remove_unused_layout(layout: DirectoryLayout, made: list[Path]) -> None:
-    """The folders `create_layout` made, removed again when the run published nothing into them (no manifest)."""
-    if not made or layout.manifest.exists():
+    """The local folders `create_layout` made, removed again when the run published nothing into them (no
+    manifest); call it with the lock still held, so its file can go too."""
+    if not made or os.path.exists(layout.manifest):  # type: ignore[arg-type]
         return
-    (Path(layout.lock)).unlink(missing_ok=True)  # type: ignore[arg-type]
-    for folder in reversed(made):
-        try:
-            folder.rmdir()
-        except OSError:
-            return  # not empty: something else is there; leave it
+    try:
+        os.unlink(layout.lock)  # type: ignore[arg-type]
+        for folder in reversed(made):
+            os.rmdir(folder)
+    except OSError:
+        return  # not empty: something else is there; leave it
 
 
 @dataclass
@@ -211,7 +213,10 @@ def _shard_is_intact(layout: DirectoryLayout, entry: ShardEntry) -> bool:
 
 
 def migrate_first_layout(layout: DirectoryLayout) -> None:
-    """sbert 0.1 kept manifest.json, rejects and its lock inside the directory: move them to the state folder."""
+    """sbert 0.1 kept manifest.json, rejects and its lock inside the directory: move them to the state folder (it
+    wrote to local disks only)."""
+    if not readable_locally(layout.data):
+        return
     old = layout.data / "manifest.json"
     manifest = load_manifest(old)
     if manifest is None or layout.manifest.exists():
@@ -225,5 +230,6 @@ def migrate_first_layout(layout: DirectoryLayout) -> None:
                 entry.rejects_file = str(moved.relative_to(layout.state))
         manifest.version = MANIFEST_VERSION
         save_manifest(layout, manifest)
-        old.unlink()
-        (layout.data / ".sbert.lock").unlink(missing_ok=True)
+        os.unlink(old)
+        if os.path.exists(first_lock := layout.data / ".sbert.lock"):  # type: ignore[operator]
+            os.unlink(first_lock)

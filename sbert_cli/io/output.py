@@ -3,6 +3,7 @@ an earlier run finished, what it was run with, and whether this run may continue
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -24,7 +25,7 @@ from sbert_cli.io.manifest import (
 )
 from sbert_cli.io.output_formats import OUTPUT_FORMATS
 from sbert_cli.io.paths import Derived, DirectoryLayout, directory_output_paths, file_lock_path, file_output_paths, rejects_path
-from sbert_cli.io.publish import remove_leftovers, spool_dir, temporary_pattern
+from sbert_cli.io.publish import ANY_TEMPORARY, remove_leftovers, spool_dir, temporary_pattern
 from sbert_cli.io.sinks import FileSink, ShardedSink, Sink, describe_vectors
 from sbert_cli.io.storage import is_url, location
 from sbert_cli.io.writers import RejectsWriter, WriterSpec
@@ -37,26 +38,40 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class OutputTarget:
-    """Where vectors go: a file (.parquet, .npy, .jsonl), stdout ('-'), or a directory of Parquet shards."""
+    """Where vectors go: a file (.parquet, .npy, .jsonl), stdout ('-'), or a directory of Parquet shards; with every
+    path the output derives, named once when it is chosen (OutputTarget.chosen), so a run only reads them."""
 
     path: str
     kind: str  # file | stdout | directory
     format: str  # parquet | npy | jsonl
     dtype: str = "float32"
     calibration: str | None = None  # .npy of vectors whose per-dimension ranges scale int8/uint8
+    derived: Derived = Derived("-o", ())  # every file and folder this output writes or removes
+    lock: str | None = None  # the lock file on a disk; the lease object in a store
+    spool: str | None = None  # a store output's local folder, where its files are written before their upload
+    leftovers: tuple[tuple[str, str], ...] = ()  # (folder, glob) where a killed run's temporaries may be
+    layout: DirectoryLayout | None = None  # a directory output's shards and state folder
+
+    @classmethod
+    def chosen(cls, path: str, kind: str, format: str, dtype: str = "float32", calibration: str | None = None) -> OutputTarget:
+        """The output -o names, with the paths it derives."""
+        if kind == "stdout":
+            return cls(path, kind, format, dtype, calibration)
+        spool = str(spool_dir(path)) if is_url(path) else None
+        if kind == "directory":
+            layout = DirectoryLayout.at(path)
+            folders = [spool] if spool is not None else [str(layout.state), str(layout.data), str(layout.rejects)]
+            leftovers = tuple((folder, ANY_TEMPORARY) for folder in folders)
+            return cls(path, kind, format, dtype, calibration, directory_output_paths(path), str(layout.lock), spool, leftovers, layout)
+        derived = file_output_paths(path, OUTPUT_FORMATS[format].sidecar_paths(path))
+        folder = spool or str(location(path).parent)
+        leftovers = tuple((folder, temporary_pattern(location(file).name)) for role, file in derived.files if role != "lock file")
+        return cls(path, kind, format, dtype, calibration, derived, str(file_lock_path(path)), spool, leftovers)
 
     @property
     def rejects_path(self) -> str:
         """out.parquet -> out.rejects.jsonl (a directory keeps its rejects in its state folder)."""
         return rejects_path(self.path)
-
-    def derived(self) -> Derived:
-        """Every file and folder this output writes or removes."""
-        if self.kind == "directory":
-            return directory_output_paths(self.path)
-        if self.kind == "stdout":
-            return Derived("-o", ())
-        return file_output_paths(self.path, OUTPUT_FORMATS[self.format].sidecar_paths(self.path))
 
     @property
     def shown(self) -> str:
@@ -154,52 +169,48 @@ def open_output(target: OutputTarget, run: RunSettings, notice: Callable[[str], 
     (a live one would hold it): they are removed, and `notice` is told once. A store output is written in a local
     spool folder and uploaded; the folder is removed when the run ends.
     """
-    if target.kind == "stdout":
+    if target.kind == "stdout" or target.lock is None:
         yield Output(target, run)
         return
-    if target.kind == "file":
-        names = [location(path).name for role, path in target.derived().files if role != "lock file"]
-        with _held(file_lock_path(target.path), target.path, True, notice) as check, _spool(target.path) as spool:
-            folder = spool or Path(location(target.path).parent)  # type: ignore[arg-type]
-            _tell_removed([path for name in names for path in remove_leftovers([folder], temporary_pattern(name))], notice)
-            yield Output(target, run, check, spool)
-        return
-    layout = DirectoryLayout.at(target.path)
-    refuse_foreign_files(layout)
-    made = create_layout(layout)
-    with _held(layout.lock, str(layout.data), False, notice) as check, _spool(target.path) as spool:
+    layout = target.layout
+    made: list[Path] = []
+    if layout is not None:
+        refuse_foreign_files(layout)
+        made = create_layout(layout)
+    held_for = target.path if layout is None else str(layout.data)
+    with _held(target.lock, held_for, layout is None, notice) as check, _spool(target.spool) as spool:
         try:
-            folders = [spool] if spool is not None else [Path(folder) for folder in (layout.state, layout.data, layout.rejects)]  # type: ignore[arg-type]
-            _tell_removed(remove_leftovers(folders), notice)
-            yield DirectoryOutput(target, run, check, spool, layout)
+            _tell_removed(remove_leftovers(target.leftovers), notice)
+            yield Output(target, run, check, spool) if layout is None else DirectoryOutput(target, run, check, spool, layout)
         finally:
-            remove_unused_layout(layout, made)  # a run that published nothing leaves no empty folders (lock still held)
+            if layout is not None:
+                remove_unused_layout(layout, made)  # a run that published nothing leaves no empty folders (lock still held)
 
 
 @contextmanager
-def _held(lock: Any, target: str, remove: bool, notice: Callable[[str], None]) -> Iterator[Callable[[], None]]:
+def _held(lock: str, target: str, remove: bool, notice: Callable[[str], None]) -> Iterator[Callable[[], None]]:
     """Yields the check made before each publication (a lease can be lost; a flock cannot)."""
-    if is_url(str(lock)):
-        with output_lease(lock, target, notice) as lease:
+    if is_url(lock):
+        with output_lease(location(lock), target, notice) as lease:  # type: ignore[arg-type]
             yield lease.check
     else:
-        with output_lock(lock, target, remove=remove):
+        with output_lock(Path(lock), target, remove=remove):
             yield lambda: None
 
 
 @contextmanager
-def _spool(output: str) -> Iterator[Path | None]:
-    """A store output's local spool folder for the run (None for a local output, whose temporaries sit beside it)."""
-    if not is_url(output):
+def _spool(spool: str | None) -> Iterator[Path | None]:
+    """A store output's local spool folder, made for the run and removed after it (None for a local output, whose
+    temporaries sit beside it)."""
+    if spool is None:
         yield None
         return
-    folder = spool_dir(output)
-    folder.mkdir(exist_ok=True)
+    os.makedirs(spool, exist_ok=True)
     try:
-        yield folder
+        yield Path(spool)
     finally:
         try:
-            folder.rmdir()
+            os.rmdir(spool)
         except OSError:
             pass  # not empty: a file it still holds is removed by the next run on this output
 

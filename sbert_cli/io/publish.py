@@ -11,6 +11,7 @@ points at durable data.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
 import shutil
@@ -19,9 +20,11 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from sbert_cli.durable import sync_directory, sync_file
 from sbert_cli.io.storage import is_url, location, upload
 
 TEMPORARY_MARK = ".sbert-tmp-"
+ANY_TEMPORARY = f".*{TEMPORARY_MARK}*"  # the glob of every temporary in a folder that holds only one output's files
 
 
 def temporary_path(final: str, folder: Path | None = None) -> str:
@@ -44,24 +47,6 @@ def spool_dir(output: str) -> Path:
 def temporary_pattern(name: str) -> str:
     """The glob of every run's temporary files for a file called `name`: what a later run may remove."""
     return f".{name}{TEMPORARY_MARK}*"
-
-
-def sync_file(path: str | Path) -> None:
-    """Flush a closed file's data to the disk (a read-only descriptor is enough for fsync)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def sync_directory(folder: str | Path) -> None:
-    """Make the names in `folder` durable: a rename into it is on disk once this returns."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def publish(temporary: str, final: str) -> None:
@@ -109,34 +94,20 @@ def write_text(final: str, text: str) -> None:
             stream.write(text)
 
 
-def publish_folder(staging: Path, final: Path) -> bool:
-    """A folder filled at `staging` (beside `final`) becomes `final` whole: every file synced, the folder renamed,
-    the parent synced. False when another process published `final` first (its folder is as good as ours)."""
-    for root, _, files in os.walk(staging):
-        for name in files:
-            sync_file(Path(root) / name)
-        sync_directory(root)
-    try:
-        staging.rename(final)
-    except OSError:
-        if final.is_dir():
-            return False
-        raise
-    sync_directory(final.parent)
-    return True
-
-
-def remove_leftovers(folders: Iterable[Path], pattern: str = f".*{TEMPORARY_MARK}*") -> list[Path]:
-    """The one clean-up of what killed runs left: temporary files (and staging folders) matching `pattern` in
-    `folders`. Call it only while holding the output's lock or lease, so nothing removed belongs to a live run."""
+def remove_leftovers(places: Iterable[tuple[str, str]]) -> list[Path]:
+    """The one clean-up of what killed runs left: the temporary files (and staging folders) matching each (local
+    folder, glob). Call it only while holding the output's lock or lease, so nothing removed belongs to a live run."""
     removed = []
-    for folder in folders:
-        if not folder.is_dir():
+    for folder, pattern in places:
+        try:
+            names = sorted(entry.name for entry in os.scandir(folder) if fnmatch.fnmatchcase(entry.name, pattern))
+        except FileNotFoundError:
             continue
-        for path in sorted(folder.glob(pattern)):
-            if path.is_dir():
+        for name in names:
+            path = os.path.join(folder, name)
+            if os.path.isdir(path):
                 shutil.rmtree(path, ignore_errors=True)
             else:
-                path.unlink(missing_ok=True)
-            removed.append(path)
+                discard(path)
+            removed.append(Path(path))
     return removed

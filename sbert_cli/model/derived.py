@@ -1,5 +1,5 @@
 """Files sbert derives once from a model's own (its OpenVINO conversion, its saved tokenizer): one folder per key,
-kept beside the model or in the user's cache, each published whole and durable (io.publish)."""
+kept beside the model or in the user's cache, each published whole and durable."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sbert_cli.io.publish import publish_folder
+from sbert_cli.durable import publish_folder
 
 # The folders in a model's transformer directory where sbert keeps what it derives from the model's files: never part
 # of what identifies the model (the --cache fingerprint skips them).
