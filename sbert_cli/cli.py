@@ -176,6 +176,7 @@ def encode(
             cache=cache,
             ray=ray,
         )
+        job.refuse_overwrites()
         rejected = _encode_with_ray(job, quiet) if ray is not None else _encode_locally(job, quiet, verbose)
     if rejected:
         raise typer.Exit(EXIT_WITH_REJECTS)

@@ -78,9 +78,11 @@ class EncodeJob:
         )
 
     def __post_init__(self) -> None:
-        self._check_options()
-        # Nothing sbert writes or removes may be an input, now or on the next run of a directory or glob input:
-        # checked once, before anything is touched.
+        self._check_options()  # the options alone: no disk is touched while the job is made
+
+    def refuse_overwrites(self) -> None:
+        """Nothing sbert writes or removes may be an input, now or on the next run of a directory or glob input:
+        checked once on the disk (symlinks and '..' resolved), before anything is touched."""
         inputs = [file.path for file in self.input.files] or [self.input.path]
         refuse_overlap(self.output.derived, inputs)
         refuse_reading_back(self.output.derived, self.input.path, lambda path: reads(self.input.path, path))
