@@ -231,7 +231,7 @@ def test_invalid_json_says_where_on_the_line(tmp_path: Path, fake_encoder) -> No
     assert error_of(result) == f"sbert: error: {source}:2: invalid JSON (Invalid control character at column 12); each line must be one JSON object"
     skipped = run("encode", source, "-o", tmp_path / "out.parquet", "--on-error", "skip")
     assert skipped.exit_code == 3
-    rejects = [json.loads(line)["reason"] for line in (tmp_path / "out.rejects.jsonl").read_text(encoding="utf-8").splitlines()]
+    rejects = [json.loads(line)["reason"] for line in (tmp_path / "out.parquet.rejects.jsonl").read_text(encoding="utf-8").splitlines()]
     assert rejects == [
         "invalid JSON (Invalid control character at column 12); each line must be one JSON object",
         "invalid JSON (Expecting ',' delimiter at the end of the line); each line must be one JSON object",

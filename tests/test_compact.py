@@ -46,7 +46,7 @@ def read_stored(path: Path) -> tuple[np.ndarray, dict | None]:
         table = pq.read_table(path)
         record = (table.schema.metadata or {}).get(b"sbert.quantization")
         return np.asarray(table.column("embedding").to_pylist()), json.loads(record) if record else None
-    sidecar = path.with_suffix(".quantization.json")
+    sidecar = path.with_name(path.name + ".quantization.json")
     record = json.loads(sidecar.read_text()) if sidecar.exists() else None
     if path.suffix == ".npy":
         return np.load(path), record
@@ -205,3 +205,23 @@ def test_the_cache_and_the_manifest_key_on_the_prompt_and_truncation(tmp_path: P
     result = run("encode", source, "--model", tiny_model_dir, "-o", f"{out}/", "--resume", "-q")
     assert result.exit_code == 2
     assert error_of(result) == f"sbert: error: {out}: options differ from the manifest's (prompt: '查询：' -> None); resume with the same options"
+
+
+def test_two_outputs_in_one_folder_never_share_their_ranges(tmp_path: Path, fake_encoder: FakeEncoder) -> None:
+    """x.npy then x.jsonl at int8, from different inputs: each keeps its own ranges, so x.npy still decodes to its own
+    vectors (a shared x.quantization.json once made it decode at cosine 0.61)."""
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    texts_a = [f"第{i}句话，关于退款" for i in range(12)]
+    texts_b = [f"completely other text number {i} " * 3 for i in range(12)]
+    first.write_text("".join(json.dumps({"text": text}, ensure_ascii=False) + "\n" for text in texts_a), encoding="utf-8")
+    second.write_text("".join(json.dumps({"text": text}) + "\n" for text in texts_b), encoding="utf-8")
+    assert run("encode", first, "-o", tmp_path / "x.npy", "--dtype", "int8", "-q").exit_code == 0
+    npy_sidecar = (tmp_path / "x.npy.quantization.json").read_bytes()
+    assert run("encode", second, "-o", tmp_path / "x.jsonl", "--dtype", "int8", "-q").exit_code == 0
+    assert (tmp_path / "x.npy.quantization.json").read_bytes() == npy_sidecar  # untouched by the other output
+    for out, texts in ((tmp_path / "x.npy", texts_a), (tmp_path / "x.jsonl", texts_b)):
+        stored, record = read_stored(out)
+        ranges = ranges_of(expected_fake_vectors(texts))
+        assert record is not None and record["min"] == ranges[0].tolist() and record["max"] == ranges[1].tolist()
+        np.testing.assert_array_equal(stored, st_quantize(expected_fake_vectors(texts), "int8", ranges))
+    assert not (tmp_path / "x.quantization.json").exists()

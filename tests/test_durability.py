@@ -150,8 +150,8 @@ OUTPUTS = {
     "parquet": (["-o", "x.parquet"], ["x.parquet"], 0),
     "npy": (["-o", "x.npy"], ["x.npy", "x.ids.jsonl"], 0),
     "jsonl": (["-o", "x.jsonl"], ["x.jsonl"], 0),
-    "npy-int8": (["-o", "x.npy", "--dtype", "int8"], ["x.npy", "x.ids.jsonl", "x.quantization.json"], 0),
-    "rejects": (["-o", "x.parquet", "--on-error", "skip"], ["x.parquet", "x.rejects.jsonl"], 3),
+    "npy-int8": (["-o", "x.npy", "--dtype", "int8"], ["x.npy", "x.ids.jsonl", "x.npy.quantization.json"], 0),
+    "rejects": (["-o", "x.parquet", "--on-error", "skip"], ["x.parquet", "x.parquet.rejects.jsonl"], 3),
     "directory": (
         ["-o", "out/", "--shard-rows", "10", "--on-error", "skip"],
         [*(f"out/part-{i:05d}.parquet" for i in range(4)), "out.sbert/rejects/part-00001.rejects.jsonl", "out.sbert/manifest.json"],

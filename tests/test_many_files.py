@@ -85,8 +85,8 @@ def test_a_split_input_reads_as_the_whole(tmp_path: Path, fake_encoder: FakeEnco
     assert ids == whole_ids and ids == sorted(ids) and len(set(ids)) == len(ids)  # ids: row numbers over all files
     np.testing.assert_array_equal(vectors, whole_vectors)
     if fmt != "parquet":
-        rejects = read_rejects(tmp_path / "from-split.rejects.jsonl")
-        expected = read_rejects(tmp_path / "from-whole.rejects.jsonl")
+        rejects = read_rejects(tmp_path / "from-split.parquet.rejects.jsonl")
+        expected = read_rejects(tmp_path / "from-whole.parquet.rejects.jsonl")
         assert [(r["row"], r["id"], r["reason"]) for r in rejects] == [(r["row"], r["id"], r["reason"]) for r in expected]
         assert [r["where"] for r in rejects] == [_where(files, cuts, fmt, r["row"]) for r in expected]
 

@@ -33,13 +33,13 @@ def listing(folder: Path) -> list[str]:
 
 # (input, -o, options, the error line after "sbert: error: ")
 COLLISIONS = [
-    ("out.rejects.jsonl", "out.parquet", [], "out.rejects.jsonl: is the input, and -o out.parquet would overwrite it as its rejects file; pass another -o"),
-    ("out.rejects.jsonl", "out.parquet", ["--on-error", "skip"], "out.rejects.jsonl: is the input, and -o out.parquet would overwrite it as its rejects file; pass another -o"),
+    ("out.parquet.rejects.jsonl", "out.parquet", [], "out.parquet.rejects.jsonl: is the input, and -o out.parquet would overwrite it as its rejects file; pass another -o"),
+    ("out.parquet.rejects.jsonl", "out.parquet", ["--on-error", "skip"], "out.parquet.rejects.jsonl: is the input, and -o out.parquet would overwrite it as its rejects file; pass another -o"),
     ("emb.ids.jsonl", "emb.npy", [], "emb.ids.jsonl: is the input, and -o emb.npy would overwrite it as its ids sidecar; pass another -o"),
-    ("emb.rejects.jsonl", "emb.npy", [], "emb.rejects.jsonl: is the input, and -o emb.npy would overwrite it as its rejects file; pass another -o"),
+    ("emb.npy.rejects.jsonl", "emb.npy", [], "emb.npy.rejects.jsonl: is the input, and -o emb.npy would overwrite it as its rejects file; pass another -o"),
     (".out.parquet.sbert.lock", "out.parquet", ["--format", "jsonl"], ".out.parquet.sbert.lock: is the input, and -o out.parquet would overwrite it as its lock file; pass another -o"),
     (".out.parquet.sbert-tmp-99", "out.parquet", ["--format", "jsonl"], ".out.parquet.sbert-tmp-99: is the input, named like a temporary file of -o out.parquet, which sbert removes; rename it"),
-    ("sub/../out.rejects.jsonl", "out.parquet", [], "sub/../out.rejects.jsonl: is the input, and -o out.parquet would overwrite it as its rejects file; pass another -o"),
+    ("sub/../out.parquet.rejects.jsonl", "out.parquet", [], "sub/../out.parquet.rejects.jsonl: is the input, and -o out.parquet would overwrite it as its rejects file; pass another -o"),
     ("link.jsonl", "out.parquet", [], "link.jsonl: is the input, and -o out.parquet would overwrite it as its rejects file; pass another -o"),
     ("data/in.jsonl", "data", [], "data/in.jsonl: is inside data, where sbert writes and removes files for -o data; pass another -o"),
     ("data.sbert/in.jsonl", "data", ["--resume"], "data.sbert/in.jsonl: is inside data.sbert, where sbert writes and removes files for -o data; pass another -o"),
@@ -58,7 +58,7 @@ def test_no_file_sbert_writes_or_removes_is_an_input(
     (tmp_path / "sub").mkdir()
     (tmp_path / "data").mkdir()
     (tmp_path / "data.sbert").mkdir()
-    target = tmp_path / "out.rejects.jsonl" if source == "link.jsonl" else tmp_path / source
+    target = tmp_path / "out.parquet.rejects.jsonl" if source == "link.jsonl" else tmp_path / source
     target.write_bytes((SAMPLE_DATA / "sentences.jsonl").read_bytes())
     if source == "link.jsonl":
         (tmp_path / source).symlink_to(target)
@@ -273,6 +273,6 @@ def test_mixed_id_types_name_the_line_and_are_rejected_under_skip(tmp_path: Path
     skipped = run("encode", source, "-o", out, "--id-column", "id", "--on-error", "skip")
     assert skipped.exit_code == 3, skipped.output
     assert pq.read_table(out).column("id").to_pylist() == [1, 3]
-    assert read_rejects(tmp_path / "out.rejects.jsonl") == [
+    assert read_rejects(tmp_path / "out.parquet.rejects.jsonl") == [
         {"row": 1, "id": None, "where": f"{source}:2", "reason": "id is a string, but the ids before it are integers; use ids of one type"}
     ]

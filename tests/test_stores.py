@@ -365,6 +365,6 @@ def test_int8_ranges_sidecar_goes_to_the_store_beside_its_vectors(bucket: Bucket
     source.write_bytes(encoded("jsonl", IDS, TEXTS))
     result = run("encode", source, "-o", bucket.url(f"out.{kind}"), "--id-column", "id", "--dtype", "int8")
     assert result.exit_code == 0, result.output
-    assert "out.quantization.json" in bucket.listing()
-    assert json.loads(bucket.get("out.quantization.json"))["dtype"] == "int8"
+    assert f"out.{kind}.quantization.json" in bucket.listing()
+    assert json.loads(bucket.get(f"out.{kind}.quantization.json"))["dtype"] == "int8"
     assert not (tmp_path / "s3:").exists()

@@ -56,7 +56,7 @@ def test_skip_writes_rejects_and_every_row_is_accounted_for(tmp_path: Path, fake
     result = run("encode", source, "-o", out, "--id-column", "id", "--on-error", "skip", "--chunk-size", "3")
     assert result.exit_code == 3, result.output
     table = pq.read_table(out)
-    rejects = read_rejects(tmp_path / "out.rejects.jsonl")
+    rejects = read_rejects(tmp_path / "out.parquet.rejects.jsonl")
     assert table.column("id").to_pylist() == ["a", "e", "h"]
     assert rejects == [{**r, "where": r["where"].format(source)} for r in EXPECTED_REJECTS]
     assert table.num_rows + len(rejects) == len(MIXED_LINES)
@@ -80,11 +80,11 @@ def test_skip_needs_somewhere_to_put_rejects(fake_encoder: FakeEncoder) -> None:
 
 def test_a_clean_rerun_removes_stale_rejects(tmp_path: Path, fake_encoder: FakeEncoder) -> None:
     out = tmp_path / "out.npy"
-    (tmp_path / "out.rejects.jsonl").write_text('{"row": 1}\n')
+    (tmp_path / "out.npy.rejects.jsonl").write_text('{"row": 1}\n')
     clean = tmp_path / "clean.jsonl"
     clean.write_text('{"text": "好"}\n', encoding="utf-8")
     assert run("encode", clean, "-o", out, "--on-error", "skip", "-q").exit_code == 0
-    assert not (tmp_path / "out.rejects.jsonl").exists()
+    assert not (tmp_path / "out.npy.rejects.jsonl").exists()
 
 
 def test_with_stats_columns(tmp_path: Path, fake_encoder: FakeEncoder) -> None:

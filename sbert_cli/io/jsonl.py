@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import IO
+from typing import IO, Any
 
 from sbert_cli.errors import UsageError
 from sbert_cli.io.rows import BOM, CONVERT_HINT, MISSING, BadRow, Extent, Fields, InputFormatSpec, TableSpec, json_type, missing_column, text_start
@@ -47,11 +47,37 @@ def jsonl_fields(table: TableSpec, stream: IO[bytes]) -> Iterator[Fields | BadRo
         if not isinstance(obj, dict):
             yield BadRow(row, where, unknown_id, f"expected a JSON object, found {json_type(obj)}")
             continue
+        values = tuple(field_value(obj, column) for column in table.columns)
         if row == 0:
-            for column, fix in zip(table.columns, table.fixes):
-                if column not in obj:
-                    raise UsageError(missing_column(where, "field", column, list(obj), fix))
-        yield Fields(row, where, tuple(obj.get(column, MISSING) for column in table.columns))
+            for column, fix, value in zip(table.columns, table.fixes, values):
+                if value is MISSING:
+                    raise UsageError(missing_column(where, "field", column, field_names(obj), fix))
+        yield Fields(row, where, values)
+
+
+def field_value(obj: dict[str, Any], name: str) -> Any:
+    """A field by name: the key of that name, else a dotted path through nested objects ('data.text' in
+    {"data": {"text": ...}}); a key that holds the dots itself wins. MISSING when there is neither."""
+    if name in obj:
+        return obj[name]
+    if "." not in name:
+        return MISSING
+    parts = name.split(".")
+    for cut in range(len(parts) - 1, 0, -1):  # the longest key first: 'a.b' before 'a' for 'a.b.c'
+        inner = obj.get(".".join(parts[:cut]))
+        if isinstance(inner, dict):
+            value = field_value(inner, ".".join(parts[cut:]))
+            if value is not MISSING:
+                return value
+    return MISSING
+
+
+def field_names(obj: dict[str, Any], prefix: str = "") -> list[str]:
+    """The names a field can be asked by: a nested object's fields as dotted paths ('data.text')."""
+    names: list[str] = []
+    for key, value in obj.items():
+        names += field_names(value, f"{prefix}{key}.") if isinstance(value, dict) and value else [prefix + key]
+    return names
 
 
 def _jsonl_fields(table: TableSpec, stream: IO[bytes], extent: Extent) -> Iterator[Fields | BadRow]:

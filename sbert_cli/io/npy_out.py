@@ -15,7 +15,7 @@ _NPY_HEADER_BYTES = 128  # room for any [rows, dim] shape; rewritten with the re
 
 class NpyWriter(EmbeddingWriter):
     """[rows, width] in input order in the stored dtype, streamed; ids go to a JSON-lines sidecar, int8/uint8 ranges to
-    NAME.quantization.json."""
+    NAME.EXT.quantization.json."""
 
     def __init__(self, spec: WriterSpec) -> None:
         super().__init__(spec)

@@ -70,7 +70,7 @@ class OutputTarget:
 
     @property
     def rejects_path(self) -> str:
-        """out.parquet -> out.rejects.jsonl (a directory keeps its rejects in its state folder)."""
+        """out.parquet -> out.parquet.rejects.jsonl (a directory keeps its rejects in its state folder)."""
         return rejects_path(self.path)
 
     @property

@@ -24,13 +24,15 @@ def ids_path(path: str) -> str:
 
 
 def quantization_path(path: str) -> str:
-    """The sidecar of a .npy or .jsonl output holding int8/uint8 ranges: vectors.npy -> vectors.quantization.json."""
-    return str(location(path).with_suffix(".quantization.json"))
+    """The sidecar of a .npy or .jsonl output holding int8/uint8 ranges, named from the output's whole name so that two
+    outputs in one folder never share one: vectors.npy -> vectors.npy.quantization.json."""
+    return str(location(path)) + ".quantization.json"
 
 
 def rejects_path(path: str) -> str:
-    """out.parquet -> out.rejects.jsonl (a directory keeps its rejects in its state folder)."""
-    return str(location(path).with_suffix(".rejects.jsonl"))
+    """out.parquet -> out.parquet.rejects.jsonl, from the whole name, so out.npy's rejects are another file (a directory
+    keeps its rejects in its state folder)."""
+    return str(location(path)) + ".rejects.jsonl"
 
 
 def file_lock_path(path: str) -> Path | StorePath:

@@ -67,7 +67,7 @@ class EmbeddingWriter:
         """Flush and close the open files."""
 
     def _write_ranges_sidecar(self) -> None:
-        """A .npy or .jsonl file's int8/uint8 ranges, in NAME.quantization.json beside it (Parquet keeps them in its metadata)."""
+        """A .npy or .jsonl file's int8/uint8 ranges, in NAME.EXT.quantization.json beside it (Parquet keeps them in its metadata)."""
         record = self.form.record()
         if record is not None and self.spec.path != STDOUT:
             with open(self._temporary(quantization_path(self.spec.path)), "w", encoding="utf-8") as stream:
