@@ -88,4 +88,12 @@ def load_calibration(path: str, dim: int) -> np.ndarray:
         raise UsageError(
             f"--calibration {path}: holds a {vectors.dtype} array of shape {vectors.shape}; pass at least 2 float vectors of this run's {dim} dimensions"
         )
+    finite = np.isfinite(vectors)
+    if not finite.all():
+        row, column = (int(index) for index in np.argwhere(~finite)[0])
+        count = int((~finite).sum())
+        raise UsageError(
+            f"--calibration {path}: holds {count} non-finite value{'s' if count != 1 else ''} (NaN or infinity; the first at row {row}, "
+            f"dimension {column}), which give no range; pass finite vectors"
+        )
     return vectors

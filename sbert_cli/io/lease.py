@@ -31,11 +31,11 @@ RENEW_SECONDS = 60
 def output_lease(path: StorePath, target: str, notice: Callable[[str], None]) -> Iterator[Lease]:
     """Hold the lease at `path` for the run on `target`, or refuse at once naming the run that holds it."""
     lease = Lease(path, target)
-    lease.take(notice)
     try:
+        lease.take(notice)
         yield lease
     finally:
-        lease.release()
+        lease.release()  # also when taking it failed half-way: a lease of ours left behind would block other hosts
 
 
 class Lease:
@@ -43,6 +43,7 @@ class Lease:
         self.path, self.target = path, target
         self.token = uuid.uuid4().hex
         self.lost: str | None = None
+        self._written = False  # whether this run ever wrote the lease (only then is there one of ours to remove)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -61,6 +62,9 @@ class Lease:
                 notice(f"sbert: {self.target}: took over the lease of {_who(holder)}, not renewed for {age:.0f} s")
         self._write()
         holder = self._read()
+        if holder is None:  # a definite answer that it is not there: our write did not stay; write it once more
+            self._write()
+            holder = self._read()
         if holder is None or holder.get("token") != self.token:
             raise OutputError(f"{self.target}: another sbert run ({_who(holder or {})}) took this output's lease at the same moment; wait for it to finish")
         self._thread = threading.Thread(target=self._renew, name="sbert-lease", daemon=True)
@@ -72,12 +76,15 @@ class Lease:
             raise OutputError(self.lost)
 
     def release(self) -> None:
+        """Remove the lease if it is still ours (never another run's that took it over)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        if self.lost is None:
+        if self.lost is None and self._written:
             try:
-                self.path.unlink(missing_ok=True)
+                holder = self._read()
+                if holder is None or holder.get("token") == self.token:
+                    self.path.unlink(missing_ok=True)
             except SbertError:
                 pass  # a lease left behind is taken over once it is old; the run's own outcome is what matters
 
@@ -93,16 +100,20 @@ class Lease:
                 continue  # the store did not answer this time; the next renewal tries again
 
     def _read(self) -> dict[str, Any] | None:
-        if not self.path.exists():
+        """The lease as the store holds it; None only when the store answers that there is none (or it is not a
+        lease). A store that fails to answer raises its one-line error: that is no rival (io/retry.py retries it)."""
+        text = self.path.read_if_exists()
+        if text is None:
             return None
         try:
-            data = json.loads(self.path.read_text())
-        except (ValueError, SbertError):
+            data = json.loads(text)
+        except ValueError:
             return None
         return data if isinstance(data, dict) else None
 
     def _write(self) -> None:
         record = {"token": self.token, "pid": os.getpid(), "host": socket.gethostname(), "renewed": time.time()}
+        self._written = True  # from here on, a lease of ours may be there, even if this write seems to fail
         self.path.write_text(json.dumps(record) + "\n")
 
 

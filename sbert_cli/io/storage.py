@@ -20,10 +20,11 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from sbert_cli.errors import InputDataError, OutputError, SbertError, UsageError
+from sbert_cli.io.retry import RetryingFile, RetryingReader, retried
 
 SCHEME = "s3://"
 READ_BUFFER = 4 << 20  # bytes a text input is read ahead: one ranged GET per 4 MiB, not per line
-DEFAULT_ATTEMPTS = 3  # AWS_MAX_ATTEMPTS overrides it, as in every AWS SDK
+DEFAULT_ATTEMPTS = 1  # the SDK's own tries a request (AWS_MAX_ATTEMPTS overrides it): sbert retries (io/retry.py)
 CONNECT_TIMEOUT = 5.0  # seconds to open a connection
 REQUEST_TIMEOUT = 30.0  # seconds a request may go without receiving a byte
 NO_CREDENTIALS = (
@@ -92,7 +93,11 @@ class StorePath:
 
     def info(self) -> Any:
         with store_errors(str(self), InputDataError):
-            return self.fs.get_file_info(str(self.posix))
+            return self._retried(lambda: self.fs.get_file_info(str(self.posix)))
+
+    def _retried(self, action: Any) -> Any:
+        """A request to this path's store, retried while it fails transiently (io/retry.py)."""
+        return retried(action, self.bucket)
 
     def exists(self) -> bool:
         return self.info().type.name != "NotFound"
@@ -108,7 +113,7 @@ class StorePath:
         from pyarrow.fs import FileSelector
 
         with store_errors(str(self), InputDataError):
-            infos = self.fs.get_file_info(FileSelector(str(self.posix), recursive=False, allow_not_found=True))
+            infos = self._retried(lambda: self.fs.get_file_info(FileSelector(str(self.posix), recursive=False, allow_not_found=True)))
         return iter(sorted(StorePath(PurePosixPath(info.path)) for info in infos))
 
     def glob(self, pattern: str) -> Iterator[StorePath]:
@@ -118,18 +123,35 @@ class StorePath:
         return (child for child in self.iterdir() if fnmatch.fnmatchcase(child.name, pattern))
 
     def read_text(self, encoding: str = "utf-8") -> str:
-        with store_errors(str(self), InputDataError), self.fs.open_input_stream(str(self.posix), compression=None) as stream:
-            return stream.read().decode(encoding)
+        def read() -> bytes:
+            with self.fs.open_input_stream(str(self.posix), compression=None) as stream:
+                return bytes(stream.read())
+
+        with store_errors(str(self), InputDataError):
+            return self._retried(read).decode(encoding)  # type: ignore[no-any-return]
+
+    def read_if_exists(self, encoding: str = "utf-8") -> str | None:
+        """The object's text, or None when there is none: only a definite answer says it is absent."""
+        try:
+            return self.read_text(encoding)
+        except UsageError:
+            if self.exists():  # the key went missing between the two requests is absent too; anything else is not
+                raise
+            return None
 
     def write_text(self, text: str, encoding: str = "utf-8") -> None:
         """One PUT: the object appears whole, or not at all (all bytes are handed over in one write)."""
-        with store_errors(str(self), OutputError), self.fs.open_output_stream(str(self.posix), compression=None) as stream:
-            stream.write(text.encode(encoding))
+        def write() -> None:
+            with self.fs.open_output_stream(str(self.posix), compression=None) as stream:
+                stream.write(text.encode(encoding))
+
+        with store_errors(str(self), OutputError):
+            self._retried(write)
 
     def unlink(self, missing_ok: bool = False) -> None:
         with store_errors(str(self), OutputError):
             try:
-                self.fs.delete_file(str(self.posix))
+                self._retried(lambda: self.fs.delete_file(str(self.posix)))
             except FileNotFoundError:
                 if not missing_ok:
                     raise
@@ -137,42 +159,28 @@ class StorePath:
     def rmdir(self) -> None:
         """The prefix and the folder marker a writer (Ray) may have made for it."""
         with store_errors(str(self), OutputError):
-            self.fs.delete_dir(str(self.posix))
+            self._retried(lambda: self.fs.delete_dir(str(self.posix)))
 
     def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
         """Nothing to make: a prefix exists once an object is under it (and a marker object would show in listings)."""
 
 
-class _Counted(io.RawIOBase):
-    """A pyarrow input stream as a raw file that knows how far it has read (its tell(), for the progress bar)."""
-
-    def __init__(self, native: Any) -> None:
-        super().__init__()
-        self._native = native
-        self._position = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        count = int(self._native.readinto(buffer))
-        self._position += count
-        return count
-
-    def tell(self) -> int:
-        return self._position
-
-    def close(self) -> None:
-        self._native.close()
-        super().close()
-
-
 def open_input(path: StorePath, random_access: bool) -> IO[bytes]:
-    """A Parquet file needs random access (its footer first); text is read as one stream, 4 MiB ahead."""
+    """A Parquet file needs random access (its footer first); text is read as one stream, 4 MiB ahead. Either goes on
+    after a transient failure (io/retry.py): a read is retried, a lost stream opened again where it stopped."""
+    key = str(path.posix)
+
+    def open_at(offset: int) -> Any:
+        if offset == 0:
+            return path.fs.open_input_stream(key, compression=None)
+        native = path.fs.open_input_file(key)
+        native.seek(offset)
+        return native
+
     with store_errors(str(path), InputDataError):
         if random_access:
-            return path.fs.open_input_file(str(path.posix))  # type: ignore[no-any-return]
-        return io.BufferedReader(_Counted(path.fs.open_input_stream(str(path.posix), compression=None)), READ_BUFFER)
+            return RetryingFile(path._retried(lambda: path.fs.open_input_file(key)), path.bucket)  # type: ignore[return-value]
+        return io.BufferedReader(RetryingReader(open_at, path.bucket), READ_BUFFER)
 
 
 def upload(local: str, target: StorePath) -> None:
@@ -186,16 +194,32 @@ def upload(local: str, target: StorePath) -> None:
     is removed at once."""
     from pyarrow.fs import LocalFileSystem, copy_files
 
-    size, before = os.path.getsize(local), target.info().size
-    try:
-        copy_files(local, str(target.posix), source_filesystem=LocalFileSystem(), destination_filesystem=target.fs)
-    except OSError:
-        if target.info().size not in (None, before, size):
-            target.unlink(missing_ok=True)
-        raise
-    if target.info().size != size:
-        target.unlink(missing_ok=True)
-        raise OutputError(f"{target}: the uploaded object's size differs from the file sent; nothing was kept")
+    key = str(target.posix)
+
+    def size_now() -> int | None:
+        info = target.fs.get_file_info(key)
+        return None if info.type.name == "NotFound" else info.size
+
+    def remove() -> None:
+        try:
+            target.fs.delete_file(key)
+        except FileNotFoundError:
+            pass
+
+    size, before = os.path.getsize(local), target._retried(size_now)
+
+    def send() -> None:
+        try:
+            copy_files(local, key, source_filesystem=LocalFileSystem(), destination_filesystem=target.fs)
+        except OSError:
+            if size_now() not in (None, before, size):
+                remove()
+            raise
+        if size_now() != size:  # a part's upload failed, and Arrow completed the upload without it
+            remove()
+            raise OSError(f"{target}: the uploaded object's size differs from the file sent")
+
+    target._retried(send)  # the whole upload again after a transient failure: the object appears whole or not at all
 
 
 def move(source: Path | StorePath, target: Path | StorePath) -> None:
@@ -203,7 +227,7 @@ def move(source: Path | StorePath, target: Path | StorePath) -> None:
     whole) and the source's removal."""
     if isinstance(source, StorePath) and isinstance(target, StorePath):
         with store_errors(str(target), OutputError):
-            source.fs.move(str(source.posix), str(target.posix))
+            source._retried(lambda: source.fs.move(str(source.posix), str(target.posix)))
     else:
         os.replace(source, target)  # type: ignore[arg-type]
 
@@ -328,7 +352,11 @@ def store_error(exc: OSError, shown: str, runtime: type[SbertError]) -> SbertErr
         if not _credentials_visible():
             return UsageError(f"{shown}: access denied; {NO_CREDENTIALS}")
         return runtime(f"{shown}: access denied ({code or 'HTTP 403'}); check that these credentials may use bucket '{bucket}'")
+    retried_for = getattr(exc, "sbert_retried", None)
+    tried = f" for {retried_for:.0f} s of retries" if retried_for is not None else ""
     if code == "NETWORK_CONNECTION":
         reason = re.sub(r"^curlCode: \d+, ", "", detail.split("; Details")[0])
-        return runtime(f"{shown}: {describe_endpoint()} does not answer ({reason}) after {_attempts()} attempts; check AWS_ENDPOINT_URL and the network")
+        return runtime(f"{shown}: {describe_endpoint()} does not answer ({reason}){tried}; check AWS_ENDPOINT_URL and the network")
+    if retried_for is not None:
+        return runtime(f"{shown}: the store kept failing ({code or 'error'}: {detail[:200]}){tried}")
     return runtime(f"{shown}: the store refused the request ({code or 'error'}: {detail[:200]})")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ from sbert_cli.errors import OutputError
 from sbert_cli.io.compact import VectorForm
 from sbert_cli.io.paths import quantization_path
 from sbert_cli.io.publish import discard, publish, temporary_path
-from sbert_cli.io.storage import location, store_error
+from sbert_cli.io.storage import is_url, location, store_error
 
 NOTHING_WRITTEN = "nothing was written"
 
@@ -118,6 +120,14 @@ def output_errors(path: str, outcome: str = NOTHING_WRITTEN) -> Iterator[None]:
     except BrokenPipeError:
         raise  # the reader of stdout went away: the CLI exits 141
     except OSError as exc:
+        if exc.errno is not None and is_url(path):
+            # A local file failed on the way to the store (a store's failures carry no errno): the spool folder under
+            # TMPDIR, not the store, is what to fix.
+            reason = os.strerror(exc.errno)
+            raise OutputError(
+                f"{path}: cannot write its local spool file under {tempfile.gettempdir()} ({reason}); free space there, or "
+                f"point TMPDIR at a disk with room for one shard (a single file: the whole output); {outcome}"
+            ) from None
         error = store_error(exc, path, OutputError)
         if error is not None:
             raise type(error)(f"{error}; {outcome}") from None
