@@ -14,6 +14,7 @@ Dtype = Literal["float32", "float16", "int8", "uint8", "binary", "ubinary"]
 Similarity = Literal["cosine", "dot", "euclidean", "manhattan"]
 OnError = Literal["fail", "skip"]
 Engine = Literal["local", "ray"]
+Quoting = Literal["auto", "csv", "none"]  # auto: csv for CSV, none for TSV (quotes are text, as IANA TSV and `cut` have it)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 BACKEND_CHOICES: tuple[str, ...] = get_args(BackendChoice)
 SIMILARITIES: tuple[str, ...] = get_args(Similarity)

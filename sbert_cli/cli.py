@@ -17,7 +17,7 @@ from sbert_cli.errors import EXIT_WITH_REJECTS, SbertError, UsageError
 from sbert_cli.help_format import PlainHelpCommand, PlainHelpGroup
 from sbert_cli.io.pipe import confirm_delivered
 from sbert_cli.io.formats import INPUT_FORMATS, format_names, named_formats
-from sbert_cli.choices import DEFAULT_MODEL, BackendChoice, Dtype, Engine, OnError, Precision, Similarity
+from sbert_cli.choices import DEFAULT_MODEL, BackendChoice, Dtype, Engine, OnError, Precision, Quoting, Similarity
 from sbert_cli.model.options import ModelOptions
 from sbert_cli.plan import DEVICE_DEFAULTS, OPENVINO_BATCH_SHAPE
 
@@ -126,8 +126,10 @@ def _user_errors(prints: bool = False) -> Iterator[None]:
 def encode(
     input: Annotated[str, typer.Argument(help=f"{named_formats()} file, a directory or glob of them (read in sorted-path order), or an s3:// key, prefix or glob; - reads stdin.", show_default=False)],
     format: Annotated[Optional[str], typer.Option("--format", "-f", parser=_input_format, metavar=f"<{'|'.join(format_names())}>", rich_help_panel=INPUT, help="Input format (default: from the extension; sniffed on stdin).")] = None,
-    text_column: Annotated[str, typer.Option(rich_help_panel=INPUT, help="Column or field holding the text.")] = "text",
-    id_column: Annotated[Optional[str], typer.Option(rich_help_panel=INPUT, help="Column or field holding the id (default: 0-based row numbers).")] = None,
+    quoting: Annotated[Quoting, typer.Option(rich_help_panel=INPUT, help="How quotes are read. csv: a field may be quoted (holding separators, line ends and \"\" for a quote); none: a quote is text and a line is a row. auto: csv for CSV, none for TSV.")] = "auto",
+    encoding: Annotated[str, typer.Option(rich_help_panel=INPUT, help="Encoding of a CSV, TSV or JSON lines input: any Python codec name, e.g. gb18030 for Excel's CSV on a Chinese Windows, utf-16.")] = "utf-8",
+    text_column: Annotated[str, typer.Option(rich_help_panel=INPUT, help="Column or field holding the text; a dotted name (data.text) reaches into a nested JSON object or a Parquet struct, unless a column or key has that very name.")] = "text",
+    id_column: Annotated[Optional[str], typer.Option(rich_help_panel=INPUT, help="Column or field holding the id, dotted like --text-column (default: 0-based row numbers).")] = None,
     model: ModelOption = DEFAULT_MODEL,
     device: DeviceOption = "auto",
     precision: PrecisionOption = "auto",
@@ -147,6 +149,7 @@ def encode(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel=OUTPUT, help="No progress bar, no summary; errors still go to stderr.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", rich_help_panel=OUTPUT, help="Also print stage timings, padding and tokens/s.")] = False,
     on_error: Annotated[OnError, typer.Option(rich_help_panel=UNATTENDED, help="fail: stop at the first bad row (exit 1). skip: write it to the rejects file and go on (exit 3 if any).")] = "fail",
+    allow_empty: Annotated[bool, typer.Option("--allow-empty", rich_help_panel=UNATTENDED, help="An input with no data rows (a CSV/TSV header alone, an empty JSONL file, a Parquet file of 0 rows) writes an empty output of the model's schema and exits 0, instead of failing (exit 1).")] = False,
     shard_rows: Annotated[int, typer.Option(min=1, rich_help_panel=UNATTENDED, help="Input rows per Parquet shard when -o is a directory.")] = 100_000,
     resume: Annotated[bool, typer.Option("--resume", rich_help_panel=UNATTENDED, help="Finish what an earlier run of -o DIRECTORY left, start it if there is none, or do nothing if it is complete.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", rich_help_panel=UNATTENDED, help="Remove the shards an earlier run left in -o DIRECTORY and start over (files sbert did not write are never removed).")] = False,
@@ -164,11 +167,12 @@ def encode(
     with _user_errors():
         ray = RayOptions(ray_address, workers, cpus_per_worker, gpus_per_worker) if engine == "ray" else None
         job = EncodeJob(
-            input=input_spec(input, format, text_column, id_column),
+            input=input_spec(input, format, text_column, id_column, quoting, encoding),
             output=output_target(output, input, dtype, calibration),
             model=ModelOptions(model, device, precision, max_length, normalize, prompt, prompt_name, truncate_dim, backend=backend),
             plan=BatchPlan(chunk_size=chunk_size, batch_size=batch_size, max_tokens=max_tokens),
             skip_bad_rows=on_error == "skip",
+            allow_empty=allow_empty,
             shard_rows=shard_rows,
             resume=resume,
             overwrite=overwrite,

@@ -20,9 +20,12 @@ from sbert_cli.choices import (
     Engine,
     OnError,
     Precision,
+    Quoting,
     Similarity,
 )
 from sbert_cli.errors import OutputError, UsageError
+from sbert_cli.io.encodings import DEFAULT_ENCODING, ascii_compatible, check_encoding, is_utf8
+from sbert_cli.io.formats import INPUT_FORMATS
 from sbert_cli.io.inputs import detect_format, expand_input, is_glob, reads
 from sbert_cli.io.output import OutputTarget, RunSettings
 from sbert_cli.io.output_formats import OUTPUT_FORMATS, format_of_suffix, suffixes_shown
@@ -62,6 +65,7 @@ class EncodeJob:
     model: ModelOptions
     plan: BatchPlan
     skip_bad_rows: bool = False
+    allow_empty: bool = False  # an input without data rows makes an empty output, not an error
     shard_rows: int = 100_000
     resume: bool = False
     overwrite: bool = False
@@ -74,7 +78,8 @@ class EncodeJob:
         """The run's choices as the output takes them: plain values, not the job."""
         spec = self.input
         return RunSettings(
-            spec.files, spec.format, spec.text_column, spec.id_column, self.shard_rows, self.skip_bad_rows, self.with_stats, self.resume, self.overwrite
+            spec.files, spec.format, spec.text_column, spec.id_column, self.shard_rows, self.skip_bad_rows, self.with_stats, self.resume,
+            self.overwrite, spec.quoting, spec.encoding,
         )
 
     def __post_init__(self) -> None:
@@ -101,6 +106,8 @@ class EncodeJob:
                 raise UsageError("--engine ray writes a fresh directory: --resume, --with-stats and --cache need --engine local")
             if self.overwrite:
                 raise UsageError("--engine ray writes into an empty directory: --overwrite needs --engine local")
+            if self.allow_empty:
+                raise UsageError("--allow-empty needs --engine local: Ray writes no shard for an empty input")
             if output.kind != "directory":
                 raise UsageError("--engine ray needs -o DIRECTORY for its Parquet shards")
             if output.dtype in SCALED_DTYPES and output.calibration is None:
@@ -119,12 +126,35 @@ class EncodeJob:
             raise UsageError(f"{output.path}: --with-stats needs a {roomy} output, which have room for the columns")
 
 
-def input_spec(path: str, format: str | None, text_column: str, id_column: str | None) -> InputSpec:
+def input_spec(
+    path: str, format: str | None, text_column: str, id_column: str | None, quoting: Quoting = "auto", encoding: str = DEFAULT_ENCODING
+) -> InputSpec:
     """The input to read: stdin, or the files a path, directory, glob or s3:// URL names (listed now, once)."""
+    check_encoding(encoding)
     if path == STDIN:
-        return InputSpec(path, detect_format(path, format), text_column, id_column)
-    files, fmt = expand_input(path, format)
-    return InputSpec(path, fmt, text_column, id_column, files)
+        spec = InputSpec(path, detect_format(path, format), text_column, id_column, quoting=quoting, encoding=encoding)
+    else:
+        files, fmt = expand_input(path, format)
+        spec = InputSpec(path, fmt, text_column, id_column, files, quoting=quoting, encoding=encoding)
+    _check_text_options(spec)
+    return spec
+
+
+def _check_text_options(spec: InputSpec) -> None:
+    """--quoting is for CSV and TSV; --encoding for them and JSON lines, which are split into lines on their bytes.
+    Stdin's format is known only once it is sniffed: its options are taken as they come."""
+    if spec.format == "auto":
+        return
+    title = INPUT_FORMATS[spec.format].title
+    if spec.quoting != "auto" and spec.format not in ("csv", "tsv"):
+        raise UsageError(f"--quoting {spec.quoting} is for CSV and TSV input; drop it for {title} input")
+    if not is_utf8(spec.encoding) and spec.format not in ("csv", "tsv", "jsonl"):
+        raise UsageError(f"--encoding {spec.encoding} is for CSV, TSV and JSON lines; {title} text is UTF-8, drop it")
+    if spec.format == "jsonl" and not ascii_compatible(spec.encoding):
+        raise UsageError(
+            f"--encoding {spec.encoding}: JSON lines are split on the newline byte, which {spec.encoding} does not keep; "
+            f"convert the file, e.g. iconv -f {spec.encoding.upper()} -t UTF-8"
+        )
 
 
 def is_directory_output(path: str) -> bool:

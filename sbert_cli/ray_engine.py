@@ -13,7 +13,6 @@ from sbert_cli.errors import SbertError, UsageError, first_line
 from sbert_cli.io.manifest import create_layout
 from sbert_cli.io.paths import DirectoryLayout
 from sbert_cli.io.publish import spool_dir
-from sbert_cli.io.readers import InputSpec
 from sbert_cli.io.storage import StorePath, arrow_filesystem, aws_environment, is_url, location, move
 from sbert_cli.job import EncodeJob, RayOptions
 
@@ -55,7 +54,7 @@ def read_files(batch: Any, job: EncodeJob, several: bool) -> Iterator[Any]:
     if spool is not None:
         spool.mkdir(exist_ok=True)
     for path in batch.column("path").to_pylist():
-        spec = InputSpec(path, job.input.format, job.input.text_column, job.input.id_column)
+        spec = replace(job.input, path=path, files=())  # one file, read as the job says (columns, quoting, encoding)
         rejects = RejectsWriter(str(rejects_dir / f"{_file_key(path)}.rejects.jsonl"), spool)
         try:
             for window in iter_windows(iter_rows(spec), window_rows(job)):

@@ -14,6 +14,7 @@ class EncodeStats:
     rows: int = 0
     rejected: int = 0
     resumed_rows: int = 0
+    read_rows: int = 0  # data rows the readers gave: every one must be written, rejected or resumed (accounted)
     shards_written: int = 0
     shards_resumed: int = 0
     truncated: int = 0
@@ -30,6 +31,11 @@ class EncodeStats:
     seconds: float = 0.0
     nothing_to_do: bool = False
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+
+    @property
+    def unaccounted(self) -> int:
+        """Rows read that are neither written nor rejected nor an earlier run's: never anything but 0 in a success."""
+        return self.read_rows - self.rows - self.rejected - self.resumed_rows
 
     @property
     def rows_per_second(self) -> float:

@@ -254,8 +254,8 @@ def test_a_directory_input_is_read_and_one_without_data_says_what_reads_one(tmp_
     [
         (b'{"text": null}\n', "{}:1: 'text' is null"),
         (b'{"text": ["a"]}\n', "{}:1: 'text' is an array, not a string"),
-        (b"", "{}: no rows to encode"),
-        (b"\n\n", "{}: no rows to encode"),
+        (b"", "{}: no rows to encode; pass --allow-empty if an empty input is fine"),
+        (b"\n\n", "{}: no rows to encode; pass --allow-empty if an empty input is fine"),
     ],
 )
 def test_bad_text_and_empty_input(tmp_path: Path, fake_encoder, content: bytes, message: str) -> None:

@@ -77,3 +77,24 @@ def test_a_resumed_directory_opens_the_model_at_the_precision_it_started_with(tm
     table = pyarrow.dataset.dataset(out).to_table()
     assert table.column("id").to_pylist() == list(range(len(TEXTS)))
     assert isinstance(report.info, ModelInfo) and report.info.precision == "bf16"
+
+
+def test_a_row_lost_on_the_way_fails_the_run_and_publishes_nothing(tmp_path: Path, monkeypatch) -> None:
+    """The accounting rule: rows read = written + rejected (+ an earlier run's); a reader that loses a row makes the
+    run fail, never succeed with fewer rows."""
+    import pytest
+
+    from sbert_cli import pipeline
+    from sbert_cli.errors import InputDataError
+
+    source, out = write_input(tmp_path / "in.jsonl"), tmp_path / "out.parquet"
+    real_rows = pipeline.iter_rows
+
+    def losing_rows(spec, extent):
+        return (item for item in real_rows(spec, extent) if item.row != 2)  # the third row vanishes
+
+    monkeypatch.setattr(pipeline, "iter_rows", losing_rows)
+    with pytest.raises(InputDataError) as failure:
+        run_encode(make_job(source, out), lambda options: FakeHandle(FakeEncoder(record=False)), Hooks(), Extent())
+    assert str(failure.value) == f"{source}: the reader skipped or repeated row 2; nothing more was published"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["in.jsonl"]

@@ -116,7 +116,7 @@ def test_jsonl_errors(tmp_path: Path) -> None:
     assert bad_input(tmp_path, "f.jsonl", b'{"text": "ok"}\n{"body": "x"}\n') == "f.jsonl:2: no field 'text'"
     assert bad_input(tmp_path, "g.jsonl", b'{"text": "ok"}\n["x"]\n') == "g.jsonl:2: expected a JSON object, found an array"
     assert bad_input(tmp_path, "h.jsonl", b'{"text": "ok"}\n{"text": "\xd6\xd0\xce\xc4"}\n') == (
-        "h.jsonl:2: not valid UTF-8 (byte 11 of the line); convert the file, e.g. iconv -f GBK -t UTF-8"
+        "h.jsonl:2: not valid UTF-8 (byte 11 of the line); pass --encoding gb18030 (or the file's encoding)"
     )
     assert bad_input(tmp_path, "i.jsonl", b'{"text": "ok", "id": 1}\n{"text": "x", "id": null}\n', id_column="id") == (
         "i.jsonl:2: id is null"
@@ -133,10 +133,11 @@ def test_csv_errors(tmp_path: Path) -> None:
     )
     assert bad_input(tmp_path, "d.csv", b"") == "d.csv: empty file; expected a header line naming the columns"
     assert bad_input(tmp_path, "e.csv", b"text\nok\n\xd6\xd0\xce\xc4\n") == (
-        "e.csv:3: not valid UTF-8; convert the file, e.g. iconv -f GBK -t UTF-8"
+        "e.csv:3: not valid UTF-8; pass --encoding gb18030 (or the file's encoding)"
     )
-    assert bad_input(tmp_path, "f.tsv", b"id\ttext\n1\tok\n2\n") == (
-        "f.tsv:3: expected 2 tab-separated fields, found 1; quote fields that contain the separator"
+    assert bad_input(tmp_path, "f.tsv", b"id\ttext\n1\tok\n2\n") == "f.tsv:3: expected 2 tab-separated fields, found 1"
+    assert bad_input(tmp_path, "g.tsv", b"id\ttext\n1\tok\n2\ta\tb\n") == (
+        "g.tsv:3: expected 2 tab-separated fields, found 3; pass --quoting csv if fields that hold tabs are quoted"
     )
 
 

@@ -7,11 +7,13 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from sbert_cli.errors import UsageError
-from sbert_cli.io.rows import BOM, CONVERT_HINT, MISSING, BadRow, Extent, Fields, InputFormatSpec, TableSpec, json_type, missing_column, text_start
+from sbert_cli.io.encodings import undecodable
+from sbert_cli.io.rows import BOM, MISSING, BadRow, Extent, Fields, InputFormatSpec, TableSpec, json_type, missing_column, text_start
 
 
-def utf8_reason(exc: UnicodeDecodeError) -> str:
-    return f"not valid UTF-8 (byte {exc.start + 1} of the line); {CONVERT_HINT}"
+def utf8_reason(exc: UnicodeDecodeError, options: bool = True) -> str:
+    """A line not in the file's encoding (UTF-8 unless --encoding names another): where on the line, and the fix."""
+    return undecodable(exc.encoding, options, f" (byte {exc.start + 1} of the line)")
 
 
 def json_error(exc: json.JSONDecodeError, line: str) -> str:
@@ -33,9 +35,9 @@ def jsonl_fields(table: TableSpec, stream: IO[bytes]) -> Iterator[Fields | BadRo
         where = f"{table.name}:{lineno}"
         unknown_id = row if table.id_column is None else None
         try:
-            line = (raw[3:] if lineno == 1 and raw.startswith(BOM) else raw).decode("utf-8")
+            line = (raw[3:] if lineno == 1 and raw.startswith(BOM) else raw).decode(table.encoding)
         except UnicodeDecodeError as exc:
-            yield BadRow(row, where, unknown_id, utf8_reason(exc))
+            yield BadRow(row, where, unknown_id, utf8_reason(exc, table.format_option))
             continue
         try:
             obj = json.loads(line)

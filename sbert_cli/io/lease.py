@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sbert_cli.errors import OutputError, SbertError
+from sbert_cli.errors import OutputError, SbertError, UsageError
 from sbert_cli.io.storage import StorePath
 
 LEASE_SECONDS = 300
@@ -102,8 +102,11 @@ class Lease:
     def _read(self) -> dict[str, Any] | None:
         """The lease as the store holds it; None only when the store answers that there is none (or it is not a
         lease). A store that fails to answer raises its one-line error: that is no rival (io/retry.py retries it)."""
-        text = self.path.read_if_exists()
-        if text is None:
+        try:
+            text = self.path.read_text()
+        except UsageError:  # "no such key": gone between the two requests, or never there
+            if self.path.exists():
+                raise
             return None
         try:
             data = json.loads(text)

@@ -51,7 +51,7 @@ def remove_unused_layout(layout: DirectoryLayout, made: list[Path]) -> None:
     if not made or os.path.exists(layout.manifest):  # type: ignore[arg-type]
         return
     try:
-        os.unlink(layout.lock)  # type: ignore[arg-type]
+        os.remove(layout.lock)  # type: ignore[arg-type]
         for folder in reversed(made):
             os.rmdir(folder)
     except OSError:
@@ -230,6 +230,6 @@ def migrate_first_layout(layout: DirectoryLayout) -> None:
                 entry.rejects_file = str(moved.relative_to(layout.state))
         manifest.version = MANIFEST_VERSION
         save_manifest(layout, manifest)
-        os.unlink(old)
+        os.remove(old)
         if os.path.exists(first_lock := layout.data / ".sbert.lock"):  # type: ignore[operator]
-            os.unlink(first_lock)
+            os.remove(first_lock)

@@ -91,17 +91,22 @@ class RunSettings:
     with_stats: bool = False
     resume: bool = False
     overwrite: bool = False
+    quoting: str = "auto"
+    encoding: str = "utf-8"
 
     def recorded(self, info: ModelInfo, dtype: str, calibration: str | None) -> dict[str, Any]:
-        """The manifest's options. The prompt, --truncate-dim and --calibration are there only when set, so a
-        directory begun before they existed resumes."""
+        """The manifest's options. The prompt, --truncate-dim, --calibration, --quoting and --encoding are there only
+        when set, so a directory begun before they existed resumes."""
         options: dict[str, Any] = {
             "model": info.name, "dim": info.dim, "pooling": info.pooling, "normalize": info.normalize,
             "max_length": info.max_length, "precision": info.precision, "format": self.input_format,
             "text_column": self.text_column, "id_column": self.id_column, "dtype": dtype,
             "shard_rows": self.shard_rows, "on_error": "skip" if self.skip_bad_rows else "fail", "with_stats": self.with_stats,
         }
-        extra = {"prompt": info.prompt or None, "truncate_dim": info.truncate_dim, "calibration": calibration}
+        extra = {
+            "prompt": info.prompt or None, "truncate_dim": info.truncate_dim, "calibration": calibration,
+            "quoting": None if self.quoting == "auto" else self.quoting, "encoding": None if self.encoding == "utf-8" else self.encoding,
+        }
         return options | {key: value for key, value in extra.items() if value is not None}
 
 

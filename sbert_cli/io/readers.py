@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import IO, Any
 
+from sbert_cli.choices import Quoting
 from sbert_cli.errors import InputDataError, UsageError
 from sbert_cli.io.formats import INPUT_FORMATS, named_formats, sniff_format
 from sbert_cli.io.inputs import InputFile, chain_files, detect_format
@@ -38,6 +39,8 @@ class InputSpec:
     text_column: str = "text"
     id_column: str | None = None
     files: tuple[InputFile, ...] = ()
+    quoting: Quoting = "auto"  # auto: CSV's fields may be quoted, a TSV's quotes are text
+    encoding: str = "utf-8"  # of CSV, TSV and JSON lines files
 
     @property
     def name(self) -> str:
@@ -48,7 +51,7 @@ class InputSpec:
         columns = (self.text_column,) if self.id_column is None else (self.text_column, self.id_column)
         return TableSpec(
             self.path, self.format, columns, ("--text-column NAME", "--id-column NAME"), self.id_column,
-            string_columns=(self.text_column,),
+            string_columns=(self.text_column,), quoting=None if self.quoting == "auto" else self.quoting == "csv", encoding=self.encoding,
         )
 
 

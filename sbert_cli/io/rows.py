@@ -9,7 +9,6 @@ from typing import IO, Any
 STDIN = "-"
 MISSING: Any = type("Missing", (), {"__repr__": lambda self: "MISSING"})()  # a JSON field that is not there
 BOM = b"\xef\xbb\xbf"
-CONVERT_HINT = "convert the file, e.g. iconv -f GBK -t UTF-8"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +53,9 @@ class TableSpec:
     id_column: str | None = None  # identifies a bad row in the rejects; without it, the row number does
     string_columns: tuple[str, ...] = ()  # Parquet columns that must hold strings
     header: str = "required"  # or "sniff": the first line is a header only when it names every column
-    quoting: bool = True  # False: quotes are text, as in the published evaluation sets' TSV
-    format_option: bool = True  # whether --format exists to suggest
+    quoting: bool | None = None  # None: the format's own (CSV quotes fields, TSV does not); False: quotes are text
+    encoding: str = "utf-8"  # of a CSV, TSV or JSON lines file: any Python text codec
+    format_option: bool = True  # whether encode's input options (--format, --quoting, --encoding) exist to suggest
 
     @property
     def name(self) -> str:

@@ -9,6 +9,7 @@ Nothing here imports pyarrow.fs until a URL is actually used: `sbert --help` sta
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import io
 import os
@@ -95,8 +96,7 @@ class StorePath:
         with store_errors(str(self), InputDataError):
             return self._retried(lambda: self.fs.get_file_info(str(self.posix)))
 
-    def _retried(self, action: Any) -> Any:
-        """A request to this path's store, retried while it fails transiently (io/retry.py)."""
+    def _retried(self, action: Any) -> Any:  # a request to this path's store, retried while it fails transiently
         return retried(action, self.bucket)
 
     def exists(self) -> bool:
@@ -118,35 +118,16 @@ class StorePath:
 
     def glob(self, pattern: str) -> Iterator[StorePath]:
         """Direct children whose name matches `pattern` (no '/' in it)."""
-        import fnmatch
-
         return (child for child in self.iterdir() if fnmatch.fnmatchcase(child.name, pattern))
 
     def read_text(self, encoding: str = "utf-8") -> str:
-        def read() -> bytes:
-            with self.fs.open_input_stream(str(self.posix), compression=None) as stream:
-                return bytes(stream.read())
-
         with store_errors(str(self), InputDataError):
-            return self._retried(read).decode(encoding)  # type: ignore[no-any-return]
-
-    def read_if_exists(self, encoding: str = "utf-8") -> str | None:
-        """The object's text, or None when there is none: only a definite answer says it is absent."""
-        try:
-            return self.read_text(encoding)
-        except UsageError:
-            if self.exists():  # the key went missing between the two requests is absent too; anything else is not
-                raise
-            return None
+            return self._retried(lambda: _read_object(self.fs, str(self.posix))).decode(encoding)  # type: ignore[no-any-return]
 
     def write_text(self, text: str, encoding: str = "utf-8") -> None:
         """One PUT: the object appears whole, or not at all (all bytes are handed over in one write)."""
-        def write() -> None:
-            with self.fs.open_output_stream(str(self.posix), compression=None) as stream:
-                stream.write(text.encode(encoding))
-
         with store_errors(str(self), OutputError):
-            self._retried(write)
+            self._retried(lambda: _write_object(self.fs, str(self.posix), text.encode(encoding)))
 
     def unlink(self, missing_ok: bool = False) -> None:
         with store_errors(str(self), OutputError):
@@ -163,6 +144,16 @@ class StorePath:
 
     def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
         """Nothing to make: a prefix exists once an object is under it (and a marker object would show in listings)."""
+
+
+def _read_object(fs: Any, key: str) -> bytes:
+    with fs.open_input_stream(key, compression=None) as stream:
+        return bytes(stream.read())
+
+
+def _write_object(fs: Any, key: str, data: bytes) -> None:
+    with fs.open_output_stream(key, compression=None) as stream:
+        stream.write(data)
 
 
 def open_input(path: StorePath, random_access: bool) -> IO[bytes]:
