@@ -18,6 +18,8 @@ import numpy as np
 from sbert_cli import encoder as encoders
 from sbert_cli.batching import iter_windows
 from sbert_cli.errors import ModelError
+from sbert_cli.model.derived import ONE_TIME
+from sbert_cli.model.saved_tokenizer import first_run
 from sbert_cli.plan import BatchPlan
 from sbert_cli.stats import EncodeStats
 
@@ -49,6 +51,7 @@ class ModelSource:
         self.info = info
         self.cache = cache
         self.load_seconds = 0.0
+        self.one_time_seconds = 0.0  # of the load: a conversion or a saved tokenizer, once per model
         self.token_budget: int | None = None  # None: the plan's own
         self.notice = notice  # told once when the budget is first cut down; a no-op under --quiet
         self._load = load
@@ -64,6 +67,10 @@ class ModelSource:
 
     @classmethod
     def for_handle(cls, handle: ModelHandle, cache: VectorCache | None, notice: Callable[[str], None] = on_stderr) -> ModelSource:
+        description = getattr(handle, "description", None)  # a test's fake handle describes no model files
+        if description is not None and first_run(description):
+            # Said at once, before the imports and the load: the one-time steps name themselves and their time later.
+            notice(f"sbert: first run with {description.info.name}: preparing it once for later runs (one-time steps below)")
         return cls(handle.info, handle.load, cache=cache, handle=handle, notice=notice)
 
     def plan(self, plan: BatchPlan) -> BatchPlan:
@@ -87,9 +94,14 @@ class ModelSource:
     def encoder(self) -> Encoder:
         with self._lock:
             if self._encoder is None:
-                started = time.perf_counter()
-                self._encoder = self._load()
+                started, earlier = time.perf_counter(), ONE_TIME.seconds
+                ONE_TIME.announce = self.notice  # a first run with this model says what it does once (derived folders)
+                try:
+                    self._encoder = self._load()
+                finally:
+                    ONE_TIME.announce = None
                 self.load_seconds = time.perf_counter() - started
+                self.one_time_seconds = ONE_TIME.seconds - earlier
             return self._encoder
 
     def profile(self) -> Profile:

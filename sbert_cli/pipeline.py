@@ -84,6 +84,7 @@ def run_encode(job: EncodeJob, model_opener: Callable[[ModelOptions], ModelHandl
                 stats.shards_written = 1
             sink.finish()
     stats.load_seconds, stats.seconds = source.load_seconds, time.perf_counter() - started
+    stats.one_time_seconds = source.one_time_seconds
     return RunReport(stats, handle.info, sink.rejects_shown)
 
 

@@ -34,7 +34,7 @@ def summary_line(stats: EncodeStats, info: ModelInfo, *, where: str, rejects: st
     parts += [
         f"dim {info.dim}",
         f"{info.precision} on {info.device}",
-        f"{stats.seconds:.1f} s",
+        f"{stats.seconds:.1f} s" + (f" ({stats.one_time_seconds:.1f} s of it a one-time step)" if stats.one_time_seconds >= 0.05 else ""),
         f"{stats.rows_per_second:.1f} rows/s",
         f"{stats.truncated} truncated to {info.max_length} tokens -> {where}",
     ]

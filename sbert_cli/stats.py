@@ -28,6 +28,7 @@ class EncodeStats:
     out_of_memory: int = 0  # batches that ran out of device memory and were re-cut smaller
     token_budget: int | None = None  # the padded tokens a batch may hold after out-of-memory cut it down
     load_seconds: float = 0.0
+    one_time_seconds: float = 0.0  # a one-time step of the model's load (its conversion): not the rows' time
     seconds: float = 0.0
     nothing_to_do: bool = False
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
@@ -39,4 +40,6 @@ class EncodeStats:
 
     @property
     def rows_per_second(self) -> float:
-        return self.rows / self.seconds if self.seconds > 0 else 0.0
+        """Rows over the run's seconds, less a one-time step's (reported on its own)."""
+        seconds = self.seconds - self.one_time_seconds
+        return self.rows / seconds if seconds > 0 else 0.0

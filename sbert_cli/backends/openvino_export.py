@@ -47,7 +47,8 @@ def converted_model(model: ModelDescription) -> Path | None:
     if options["weights"] is None:
         return None
     roots = derived_roots(model.layout.transformer_dir, OPENVINO_CONVERSIONS, "openvino")
-    folder = find_derived(roots, options) or write_derived(roots, options, lambda staging: _convert_into(model, staging))
+    what = "converting the model to OpenVINO's format, which runs it faster on this CPU"
+    folder = find_derived(roots, options) or write_derived(roots, options, lambda staging: _convert_into(model, staging), what)
     return None if folder is None else folder / "model.xml"
 
 

@@ -8,7 +8,10 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +47,36 @@ def find_derived(roots: list[Path], options: dict[str, Any]) -> Path | None:
     return None
 
 
-def write_derived(roots: list[Path], options: dict[str, Any], write: Callable[[Path], bool]) -> Path | None:
+@dataclass
+class OneTimeSteps:
+    """Where a one-time step (a model's conversion, its saved tokenizer) says what it does while it does it, and how
+    long such steps took, so that a run's rows/s counts encoding alone. A run sets `announce`; None says nothing."""
+
+    announce: Callable[[str], None] | None = None
+    seconds: float = 0.0
+
+    @contextmanager
+    def step(self, what: str, folder: Path) -> Iterator[None]:
+        if self.announce is not None:
+            self.announce(f"sbert: {what}: a one-time step for this model, kept in {folder} for later runs")
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            spent = time.perf_counter() - started
+            self.seconds += spent
+            if self.announce is not None:
+                self.announce(f"sbert: {what}: done in {spent:.1f} s")
+
+
+ONE_TIME = OneTimeSteps()
+
+
+def write_derived(roots: list[Path], options: dict[str, Any], write: Callable[[Path], bool], what: str) -> Path | None:
     """Make the folder for these options in the first writable root: `write` fills a temporary folder (False: nothing
     to keep), the options are recorded last, and the folder is renamed into place whole, so that a reader (or a
-    concurrent run) never sees half of one. None where no root is writable or `write` kept nothing."""
+    concurrent run) never sees half of one. None where no root is writable or `write` kept nothing. `what` names the
+    step for ONE_TIME's announcement."""
     key = derived_key(options)
     for root in roots:
         try:
@@ -57,7 +86,9 @@ def write_derived(roots: list[Path], options: dict[str, Any], write: Callable[[P
             continue  # not writable: the next place
         final = root / key
         try:
-            if not write(staging):
+            with ONE_TIME.step(what, final):
+                kept = write(staging)
+            if not kept:
                 return None
             (staging / OPTIONS_FILE).write_text(json.dumps(options, indent=1, sort_keys=True) + "\n", encoding="utf-8")
             if not publish_folder(staging, final) and not (final / OPTIONS_FILE).is_file():

@@ -43,6 +43,12 @@ def saved_options(model: ModelDescription) -> dict[str, Any]:
     return {"format": FORMAT_VERSION, "transformers": _version("transformers"), "tokenizers": _version("tokenizers"), "files": inputs}
 
 
+def first_run(model: ModelDescription) -> bool:
+    """Whether nothing is saved for the model's files as they are now: its first run prepares it (without importing
+    transformers or torch, so it can be told at once)."""
+    return find_derived(_roots(model), saved_options(model)) is None
+
+
 def load_saved_tokenizer(model: ModelDescription) -> tuple[Any, TokenizerFacts] | None:
     """The saved Rust tokenizer and its facts, or None where there is none for the model's files as they are now (or
     it cannot be read: transformers then builds the tokenizer again)."""
@@ -67,7 +73,7 @@ def save_tokenizer(model: ModelDescription, backend: Any, facts: TokenizerFacts)
         return True
 
     try:
-        return write_derived(_roots(model), saved_options(model), write)
+        return write_derived(_roots(model), saved_options(model), write, "saving the model's tokenizer, so later runs start without transformers")
     except Exception:  # a full disk, or a tokenizer with parts in Python that cannot be saved: runs build it as before
         return None
 
