@@ -230,15 +230,22 @@ else:
 
 
 # A child process that runs the real `sbert` command with the fake encoder, each batch slowed by
-# FAKE_DELAY seconds so a test can interrupt it mid-run.
+# FAKE_DELAY seconds so a test can interrupt it mid-run (or held at the gate file FAKE_GATE while it exists).
 FAKE_SETUP = """
 import os, time
 import sbert_cli.encoder
 from tests.conftest import FakeEncoder, FakeHandle
 
 class SlowFakeEncoder(FakeEncoder):
+    batches = 0
+
     def embed(self, ids):
         time.sleep(float(os.environ.get("FAKE_DELAY", "0")))
+        SlowFakeEncoder.batches += 1
+        gate = os.environ.get("FAKE_GATE")  # a file: while it exists, every batch after the FAKE_GATE_AFTER-th waits
+        if gate and SlowFakeEncoder.batches > int(os.environ.get("FAKE_GATE_AFTER", "0")):
+            while os.path.exists(gate):
+                time.sleep(0.01)
         return super().embed(ids)
 
 sbert_cli.encoder.open_model = lambda options: FakeHandle(SlowFakeEncoder(dim=int(os.environ.get("FAKE_DIM", "4")), record=False))

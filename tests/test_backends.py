@@ -34,10 +34,15 @@ class CountingBackend:
     def embed_batches(self, tokens: Tokenized, batches: Sequence[np.ndarray], out: np.ndarray, after_batch: Callable[[int], None]) -> int:
         for rows in batches:
             ids, lengths = tokens.padded(rows, 0)
-            features = np.stack([lengths, ids.sum(axis=1), ids[:, 1]], axis=1).astype(np.float32)
-            out[rows] = np.resize(features, (len(rows), self.dim))
+            out[rows] = counting_vectors(lengths, ids.sum(axis=1), ids[:, 1], self.dim)
             after_batch(len(rows))
         return len(batches)
+
+
+def counting_vectors(lengths: np.ndarray, sums: np.ndarray, firsts: np.ndarray, dim: int) -> np.ndarray:
+    """Each row's (token count, sum of ids, first id after [CLS]) repeated along its own vector."""
+    features = np.stack([lengths, sums, firsts], axis=1).astype(np.float32)
+    return np.tile(features, (1, -(-dim // 3)))[:, :dim]
 
 
 def declines(model: ModelDescription, target: Target) -> None:
@@ -58,10 +63,16 @@ def test_a_backend_added_as_one_line_runs_encode(tmp_path: Path, tiny_model_dir:
     assert result.exit_code == 0, result.output
     assert [target.device.type for target in CountingBackend.loaded] == ["cpu"]
     ids, vectors = read_output(out, "")
-    assert len(ids) == len(sample_texts())
-    # Every vector is the fake backend's: its first value is the row's token count, in input order.
-    np.testing.assert_array_equal(vectors[:, 1], vectors[:, 1].round())
-    assert (vectors[:, 0] >= 3).all() and len(set(vectors[:, 0].tolist())) > 1
+    assert ids == [f"s{i:03d}" for i in range(1, len(sample_texts()) + 1)]
+    # Every vector is the fake backend's, on its own row in input order: the row's token count, the sum of its ids and
+    # its first id after [CLS], as transformers' own tokenizer of the model gives them (truncated at the model's 64).
+    from transformers import AutoTokenizer
+
+    tokenized = AutoTokenizer.from_pretrained(str(tiny_model_dir))(sample_texts(), truncation=True, max_length=64)["input_ids"]
+    expected = counting_vectors(
+        np.array([len(row) for row in tokenized]), np.array([sum(row) for row in tokenized]), np.array([row[1] for row in tokenized]), 32
+    )
+    np.testing.assert_array_equal(vectors, expected)
 
 
 def test_a_backend_that_declines_passes_to_the_next(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

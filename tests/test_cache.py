@@ -70,7 +70,7 @@ def test_a_run_the_cache_answers_loads_neither_the_model_nor_torch(tmp_path: Pat
     assert vectors_of(tmp_path / "again.parquet").tobytes() == vectors_of(tmp_path / "first.parquet").tobytes()
 
 
-@pytest.mark.parametrize("change", ["weights", "pooling", "max_length", "precision"])
+@pytest.mark.parametrize("change", ["weights", "pooling", "max_length", "precision", "normalize"])
 def test_anything_that_changes_a_vector_misses(tmp_path: Path, model_copy: Path, change: str) -> None:
     texts = sample_texts()[:8]
     source = sample_input(tmp_path, texts)
@@ -89,11 +89,25 @@ def test_anything_that_changes_a_vector_misses(tmp_path: Path, model_copy: Path,
         pooling.write_text(json.dumps(config))
     elif change == "max_length":
         options = ["--max-length", "8"]
+    elif change == "normalize":
+        options = ["--normalize"]
     else:
         options = ["--precision", "bf16"]
     result = encode(source, tmp_path / "second.parquet", model_copy, cache, *options)
     assert f", 0 from the cache, {len(texts)} encoded, " in result.stderr
     assert not np.array_equal(vectors_of(tmp_path / "second.parquet"), vectors_of(tmp_path / "first.parquet"))
+
+
+def test_the_same_model_files_at_another_path_hit_the_same_vectors(tmp_path: Path, model_copy: Path) -> None:
+    """The key is the model's files, not where they are: a copy elsewhere (moved, or another checkout) hits."""
+    texts = sample_texts()[:8]
+    source = sample_input(tmp_path, texts)
+    cache = tmp_path / "vectors.sqlite"
+    encode(source, tmp_path / "first.parquet", model_copy, cache)
+    elsewhere = Path(shutil.copytree(model_copy, tmp_path / "moved" / "model-v1"))
+    result = encode(source, tmp_path / "second.parquet", elsewhere, cache)
+    assert f", {len(texts)} from the cache, 0 encoded, " in result.stderr
+    assert vectors_of(tmp_path / "second.parquet").tobytes() == vectors_of(tmp_path / "first.parquet").tobytes()
 
 
 def test_duplicate_texts_are_encoded_once(tmp_path: Path, fake_encoder: FakeEncoder) -> None:
@@ -246,6 +260,35 @@ def test_cache_info_and_prune(tmp_path: Path, model_copy: Path) -> None:
     assert pruned.stderr.startswith("sbert: removed 12 vectors; ")
     assert run("cache", "info", cache).stdout.splitlines()[0].startswith(f"{cache}: 0 vectors, ")
     assert error_of(run("cache", "info", tmp_path / "none.sqlite")) == f"sbert: error: {tmp_path / 'none.sqlite'}: no such cache file; check the path"
+
+
+def test_prune_unused_days_removes_exactly_what_was_not_used_for_that_long(tmp_path: Path, model_copy: Path) -> None:
+    """Three profiles of 6 vectors: used 10 days ago, used 2 days ago (made 30 days ago), and just now. --unused-days 5
+    removes the first alone; what is left still answers its runs."""
+    import time
+
+    source = sample_input(tmp_path, sample_texts()[:6])
+    cache = tmp_path / "vectors.sqlite"
+    runs = {"old": ["--max-length", "8"], "recent": ["--max-length", "9"], "now": []}
+    for name, options in runs.items():
+        encode(source, tmp_path / f"{name}.parquet", model_copy, cache, *options)
+    now = time.time()
+    with sqlite3.connect(cache) as db:
+        for max_length, created, used in ((8, now - 30 * 86400, now - 10 * 86400), (9, now - 30 * 86400, now - 2 * 86400)):
+            rows = db.execute("UPDATE profiles SET created = ?, used = ? WHERE json_extract(description, '$.max_length') = ?", (created, used, max_length))
+            assert rows.rowcount == 1
+    db.close()
+    pruned = run("cache", "prune", cache, "--unused-days", "5")
+    assert pruned.exit_code == 0, pruned.output
+    assert pruned.stderr.startswith("sbert: removed 6 vectors; ")
+    with sqlite3.connect(cache) as db:
+        left = sorted(json.loads(text)["max_length"] for (text,) in db.execute("SELECT description FROM profiles"))
+        assert db.execute("SELECT count(*) FROM vectors").fetchone() == (12,)
+    db.close()
+    assert left == [9, 64]  # --max-length 9, and the model's own 64
+    for name, hits in (("recent", 6), ("now", 6), ("old", 0)):
+        result = encode(source, tmp_path / f"{name}-again.parquet", model_copy, cache, *runs[name])
+        assert f", {hits} from the cache, {6 - hits} encoded, " in result.stderr
 
 
 def test_ray_refuses_a_cache(tmp_path: Path) -> None:

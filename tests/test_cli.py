@@ -326,14 +326,44 @@ def test_usage_errors_exit_2() -> None:
     assert run("frobnicate").exit_code == 2
 
 
-def test_help_does_not_import_torch() -> None:
+HEAVY_MODULES = ("numpy", "pyarrow.fs", "torch", "transformers")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["encode", "--help"]], ids=["sbert", "encode"])
+def test_help_imports_neither_numpy_nor_pyarrow_fs_nor_torch(args: list[str]) -> None:
+    """What `sbert --help` and `sbert encode --help` import, in a fresh process through the installed entry point."""
     import subprocess
     import sys
 
-    code = "import sys; from sbert_cli.cli import app; app(['--help'], standalone_mode=False); print('torch' in sys.modules, 'transformers' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip().splitlines()[-1] == "False False"
+    code = (
+        "import sys\nfrom sbert_cli.cli import main\ntry:\n    main()\nexcept SystemExit as done:\n    assert not done.code, done.code\n"
+        f"print([name for name in {HEAVY_MODULES!r} if name in sys.modules])"
+    )
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "Usage:" in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_default_model_names_agree() -> None:
-    assert cli.DEFAULT_MODEL == sbert_cli.encoder.DEFAULT_MODEL
+    """One default model: choices.DEFAULT_MODEL is what every command's --model defaults to, what the Python API
+    and ModelOptions take, what `make demo` runs and what the README names."""
+    import inspect
+    import re
+
+    import typer.main
+
+    from sbert_cli.choices import DEFAULT_MODEL
+    from sbert_cli.model.options import ModelOptions
+    from tests.conftest import ROOT
+
+    group = typer.main.get_command(cli.app)
+    defaults = {name: [param.default for param in group.commands[name].params if param.name == "model"] for name in ("encode", "sim", "evaluate")}
+    assert defaults == {name: [DEFAULT_MODEL] for name in ("encode", "sim", "evaluate")}
+    assert inspect.signature(sbert_cli.encoder.load_encoder).parameters["model"].default == DEFAULT_MODEL
+    assert ModelOptions().model == DEFAULT_MODEL
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert re.findall(r"\$\$\{SBERT_MODEL:-([^}]*)\}", makefile) == [DEFAULT_MODEL]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    named = re.search(r"The default model is \[`([^`]+)`\]\(https://huggingface\.co/([^)]+)\)", readme)
+    assert named is not None and named.groups() == (DEFAULT_MODEL, DEFAULT_MODEL)

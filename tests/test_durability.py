@@ -182,6 +182,22 @@ def test_every_published_file_is_synced_renamed_then_its_folder_synced(
         assert json.loads((tmp_path / "out.sbert" / "manifest.json").read_text())["complete"] is True
 
 
+@pytest.mark.parametrize("kind", ["npy", "npy-int8"])
+def test_an_npy_arrays_sidecars_are_renamed_into_place_before_the_array(
+    tmp_path: Path, fake_encoder: FakeEncoder, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """A reader that finds x.npy finds the ids (and int8 ranges) that belong to it: the array is renamed last."""
+    options, finals, _ = OUTPUTS[kind]
+    source = tmp_path / "in.jsonl"
+    write_rows(source, 35)
+    monkeypatch.chdir(tmp_path)
+    trace = Trace(monkeypatch)
+    result = run("encode", source, "--chunk-size", "4", *options)
+    assert result.exit_code == 0, result.output
+    order = [os.path.basename(event.path) for _, event in trace.renames() if TEMPORARY_MARK not in os.path.basename(event.path)]
+    assert order[-1] == "x.npy" and sorted(order) == sorted(finals)
+
+
 def test_the_plot_is_synced_renamed_then_its_folder_synced(tmp_path: Path, fake_encoder: FakeEncoder, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("matplotlib", reason="--plot needs the plot extra")
     pairs = write_pairs(tmp_path / "pairs.tsv", [("甲", "乙", 1), ("丙", "丁", 2), ("戊", "己", 3), ("庚", "辛", 4)])

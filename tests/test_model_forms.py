@@ -154,6 +154,25 @@ def test_a_model_that_needs_its_own_code_is_refused_in_one_line(tmp_path: Path, 
     )
 
 
+def test_a_tokenizer_that_needs_its_own_code_is_refused_in_one_line(tmp_path: Path, tiny_model_dir: Path) -> None:
+    import shutil
+
+    model_dir = Path(shutil.copytree(tiny_model_dir, tmp_path / "remote-tokenizer"))
+    settings_file = model_dir / "tokenizer_config.json"
+    settings = json.loads(settings_file.read_text())
+    settings["auto_map"] = {"AutoTokenizer": ["tokenization_custom.CustomTokenizer", None]}
+    settings_file.write_text(json.dumps(settings))
+    out = tmp_path / "out.parquet"
+    result = run("encode", SAMPLE_DATA / "sentences.jsonl", "-o", out, "--model", model_dir)
+    assert result.exit_code == 1
+    assert error_of(result) == (
+        f"sbert: error: {settings_file}: this model runs its own code (auto_map), and sbert never runs a model's code "
+        "(trust_remote_code stays off); use a model that transformers runs as it is"
+    )
+    assert [line for line in result.stderr.splitlines() if line.strip()] == [error_of(result)]
+    assert not out.exists()
+
+
 def test_an_unsupported_dense_activation_is_named(tmp_path: Path) -> None:
     model_dir = build(tmp_path, Form(dense=((8, "Tanh", True),)))
     config_file = model_dir / "2_Dense" / "config.json"

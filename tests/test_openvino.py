@@ -58,11 +58,67 @@ def test_a_conversion_is_made_once_whole_and_reused(model_copy: Path, monkeypatc
 
 
 def test_changed_weights_are_converted_anew(model_copy: Path) -> None:
-    load_encoder(str(model_copy), device="cpu", precision="fp32", backend="openvino")
+    """New weights of the same size in the same file: a new conversion, whose vectors are the new weights' (as torch's
+    backend computes them from the changed checkpoint), not the old conversion's."""
+    from safetensors.numpy import load_file, save_file
+
+    texts = sample_texts()[:8]
+    old = embed_texts(texts, load_encoder(str(model_copy), device="cpu", precision="fp32", backend="openvino"))
     weights = model_copy / "model.safetensors"
-    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
-    load_encoder(str(model_copy), device="cpu", precision="fp32", backend="openvino")
+    before = weights.stat()
+    changed = {name: value * np.float32(1.5) if value.dtype.kind == "f" else value for name, value in load_file(weights).items()}
+    save_file(changed, weights, metadata={"format": "pt"})
+    assert weights.stat().st_size == before.st_size
+    # Rewritten a second later: a file system whose times are coarse would give the rewrite the same time.
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+    new = embed_texts(texts, load_encoder(str(model_copy), device="cpu", precision="fp32", backend="openvino"))
     assert len(conversions(model_copy)) == 2
+    torch_new = embed_texts(texts, load_encoder(str(model_copy), device="cpu", precision="fp32", backend="torch"))
+    np.testing.assert_allclose(new, torch_new, atol=1e-4)
+    assert np.abs(new - old).max() > 1e-2  # not the old weights' vectors
+
+
+class Killed(BaseException):
+    """The process dies here: no exception handler and no clean-up of sbert's runs after it (as with SIGKILL)."""
+
+
+def test_a_conversion_killed_midway_is_never_used_and_the_next_run_converts_anew(model_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from sbert_cli.model import derived
+
+    real_convert = openvino_export._convert_into
+
+    def killed_midway(model: object, staging: Path) -> bool:
+        real_convert(model, staging)
+        weights = staging / "model.bin"
+        os.truncate(weights, weights.stat().st_size // 2)  # killed while the weights were being written
+        raise Killed
+
+    monkeypatch.setattr(openvino_export, "_convert_into", killed_midway)
+    monkeypatch.setattr(derived, "shutil", SimpleNamespace(rmtree=lambda path, ignore_errors=False: None))  # a dead process removes nothing
+    with pytest.raises(Killed):
+        load_encoder(str(model_copy), device="cpu", precision="fp32", backend="openvino")
+    [left] = conversions(model_copy)  # what the kill left: a hidden staging folder, half-written, never under a key's name
+    assert left.name.startswith(".") and sorted(path.name for path in left.iterdir()) == ["model.bin", "model.xml"]
+    monkeypatch.undo()
+
+    traced = []
+    real_trace = openvino_export.trace_openvino
+
+    def counted(model: object) -> object:
+        traced.append(model)
+        return real_trace(model)
+
+    monkeypatch.setattr(openvino_export, "trace_openvino", counted)
+    texts = sample_texts()[:8]
+    ours = embed_texts(texts, load_encoder(str(model_copy), device="cpu", precision="fp32", backend="openvino"))
+    assert len(traced) == 1  # converted anew, not taken from what the killed run left
+    [made] = [path for path in conversions(model_copy) if not path.name.startswith(".")]
+    assert sorted(path.name for path in made.iterdir()) == ["model.bin", "model.xml", "options.json"]
+    assert (left / "model.bin").stat().st_size < (made / "model.bin").stat().st_size
+    torch_vectors = embed_texts(texts, load_encoder(str(model_copy), device="cpu", precision="fp32", backend="torch"))
+    np.testing.assert_allclose(ours, torch_vectors, atol=1e-4)
 
 
 def test_a_model_folder_that_cannot_hold_it_sends_it_to_the_user_cache(model_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -111,10 +112,10 @@ class StorePlace(Place):
 
 
 @contextmanager
-def child_run(args: list, delay: float) -> Iterator[subprocess.Popen]:
+def child_run(args: list, delay: float, **env: str) -> Iterator[subprocess.Popen]:
     """The real command in a process of its own, each batch slowed by `delay`; killed (by its own handle) if it
     still runs when the block ends."""
-    child = start_child(args, delay)
+    child = start_child(args, delay, **env)
     try:
         yield child
     finally:
@@ -253,11 +254,20 @@ class OutputGuarantees:
         source = tmp_path / "in.jsonl"
         texts = write_texts(source, 400)
         out = place.url("out.parquet")
-        with child_run(slow_run(source, out), delay=0.03) as first:
-            wait_until(lambda: bool(place.temporaries(out)), first)  # it holds the output, and is writing
-            second = run(*slow_run(source, out))
-            assert first.poll() is None  # refused at once, while the first still runs (no waiting for it)
-            _, first_stderr = first.communicate(timeout=60)
+        gate = tmp_path / "gate"  # the first run holds after its 10th batch (two windows) until the gate is removed
+        gate.touch()
+        # Only should the second run wait for the first (the promise broken) is the gate opened for it, much later.
+        opener = threading.Timer(300, gate.unlink, kwargs={"missing_ok": True})
+        opener.start()
+        try:
+            with child_run(slow_run(source, out), delay=0, FAKE_GATE=str(gate), FAKE_GATE_AFTER="10") as first:
+                wait_until(lambda: bool(place.temporaries(out)), first)  # it holds the output, and is writing
+                second = run(*slow_run(source, out))
+                assert first.poll() is None  # refused at once, while the first still runs (no waiting for it)
+                gate.unlink()
+                _, first_stderr = first.communicate(timeout=60)
+        finally:
+            opener.cancel()
         assert second.exit_code == 1, second.output
         assert re.fullmatch(place.busy(out, first.pid), error_of(second)), error_of(second)
         assert first.returncode == 0, first_stderr

@@ -94,9 +94,18 @@ def test_out_of_memory_cuts_the_budget_once_and_the_run_completes(tmp_path: Path
     # The budget stays cut: once a batch fit, no later batch (in this window or the next three) ran out.
     first_fit = next(index for index, (_, failed) in enumerate(log.calls) if not failed)
     assert not any(failed for _, failed in log.calls[first_fit:])
-    assert all(tokens <= 120 for tokens, failed in log.calls if not failed)
+    # Each failure cuts the budget to half the padded tokens of the batch that failed, and every batch run after a
+    # cut holds at most the budget in force then: the quantities the notice and the timings name.
+    budget = None
+    for tokens, failed in log.calls:
+        if failed:
+            budget = tokens // 2 if budget is None else min(budget, tokens // 2)
+        elif budget is not None:
+            assert tokens <= budget, (tokens, budget, log.calls)
+    first_failed = next(tokens for tokens, failed in log.calls if failed)
+    assert f"{NOTICE} {first_failed:,} padded tokens; batches hold at most {first_failed // 2:,} padded tokens for the rest of the run" in result.stderr
     timings = result.stderr.strip().splitlines()[-1]
-    assert f"out of device memory {log.failures} times, batches then cut to" in timings
+    assert f"out of device memory {log.failures} times, batches then cut to {budget} padded tokens" in timings
 
 
 def test_a_text_that_cannot_fit_alone_fails_naming_its_row(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

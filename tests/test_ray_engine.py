@@ -104,16 +104,24 @@ def test_bad_rows_follow_on_error(local_ray, tmp_path: Path, tiny_model_dir: Pat
     assert rejects == [{**r, "where": r["where"].format(source)} for r in EXPECTED_REJECTS]
 
 
-def test_too_many_workers_for_a_local_ray(tmp_path: Path, tiny_model_dir: Path) -> None:
-    source = tmp_path / "in.jsonl"
-    source.write_text('{"text": "好"}\n', encoding="utf-8")
+@pytest.mark.parametrize("cores", [2, 16])
+def test_too_many_workers_for_a_local_ray(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, cores: int) -> None:
+    """As many workers as the process has cores leaves none for reading: refused, whatever this machine has (the
+    cores sbert sees are set here), before Ray starts."""
+    import sbert_cli.model.device
     from sbert_cli.job import RayOptions
     from sbert_cli.ray_engine import plan_resources
 
-    assert plan_resources(RayOptions(), cores=2) == 1
-    result = run("encode", source, "-o", tmp_path / "out", "--engine", "ray", "--workers", "2", "--model", tiny_model_dir)
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"text": "好"}\n', encoding="utf-8")
+    assert plan_resources(RayOptions(), cores=cores) == cores - 1
+    monkeypatch.setattr(sbert_cli.model.device, "available_cores", lambda: cores)
+    result = run("encode", source, "-o", tmp_path / "out", "--engine", "ray", "--workers", str(cores), "--model", tiny_model_dir)
     assert result.exit_code == 2
-    assert error_of(result).startswith("sbert: error: --workers 2 x --cpus-per-worker 1 needs 3 CPUs with one for reading, and this machine has ")
+    assert error_of(result) == (
+        f"sbert: error: --workers {cores} x --cpus-per-worker 1 needs {cores + 1} CPUs with one for reading, "
+        f"and this machine has {cores}; pass --workers {cores - 1}"
+    )
 
 
 def test_from_a_store_prefix_into_a_store(local_ray, bucket, tmp_path: Path, tiny_model_dir: Path) -> None:

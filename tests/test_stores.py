@@ -10,16 +10,20 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from sbert_cli.io import retry
 from sbert_cli.io.publish import spool_dir
-from tests.conftest import Bucket, FakeEncoder, expected_fake_vectors
+from tests.conftest import FAKE_SETUP, ROOT, Bucket, FakeEncoder, cli_child, expected_fake_vectors
 from tests.test_cli import error_of, run
 from tests.test_unattended import (
     read_shards,
@@ -27,6 +31,7 @@ from tests.test_unattended import (
     start_child,
     uninterrupted_run,
     wait_until,
+    write_texts,
 )
 
 IDS = [f"r{i}" for i in range(12)]
@@ -251,28 +256,37 @@ def test_an_endpoint_that_does_not_answer(bucket: Bucket, tmp_path: Path, fake_e
         port = probe.getsockname()[1]
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("SBERT_STORE_RETRY_SECONDS", "1")  # the give-up time, one figure (60 s unless set)
+    # The retries' clock moves only by their own waits: 0.25 s, then 0.5 s, and the next (1 s) would start past 1 s.
+    clock = StepClock()
+    monkeypatch.setattr(retry, "time", clock)
+    monkeypatch.setattr(retry, "_GIVEN_UP", {})
     result = run("encode", bucket.url("in.jsonl"), "-o", tmp_path / "out.parquet")
     assert result.exit_code == 1
-    assert re.fullmatch(
-        rf"sbert: error: {re.escape(bucket.url('in.jsonl'))}: http://127\.0\.0\.1:{port} does not answer \(Could not connect to server\) "
-        r"for [01] s of retries; check AWS_ENDPOINT_URL and the network",
-        error_of(result),
-    ), error_of(result)
+    assert error_of(result) == (
+        f"sbert: error: {bucket.url('in.jsonl')}: http://127.0.0.1:{port} does not answer (Could not connect to server) "
+        "for 1 s of retries; check AWS_ENDPOINT_URL and the network"
+    )
+    assert clock.waits == [0.25, 0.5]
 
 
-def test_a_live_lease_refuses_a_second_run(bucket: Bucket, tmp_path: Path, fake_encoder: FakeEncoder) -> None:
+def test_a_live_lease_refuses_a_second_run(bucket: Bucket, tmp_path: Path, fake_encoder: FakeEncoder, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sbert_cli.io import lease as leases
+
+    now = time.time()
+    monkeypatch.setattr(leases, "time", SimpleNamespace(time=lambda: now))  # the lease's clock stands still: ages are exact
     source = tmp_path / "in.jsonl"
     source.write_bytes(encoded("jsonl", IDS, TEXTS))
-    lease = {"token": "other", "pid": 4121, "host": "etl-2", "renewed": time.time() - 30}
+    lease = {"token": "other", "pid": 4121, "host": "etl-2", "renewed": now - 30}
     bucket.put("vectors.sbert/lock", json.dumps(lease).encode())
     result = run("encode", source, "-o", bucket.url("vectors/"))
     assert result.exit_code == 1
-    assert re.fullmatch(
-        rf"sbert: error: {bucket.url('vectors')}: another sbert run \(pid 4121 on etl-2\) holds this output's lease, renewed 3\d s ago; "
-        r"wait for it to finish \(a lease not renewed for 300 s is taken over\)",
-        error_of(result),
+    assert error_of(result) == (
+        f"sbert: error: {bucket.url('vectors')}: another sbert run (pid 4121 on etl-2) holds this output's lease, renewed 30 s ago; "
+        "wait for it to finish (a lease not renewed for 300 s is taken over)"
     )
-    bucket.put("vectors.sbert/lock", json.dumps({**lease, "renewed": time.time() - 1000}).encode())
+    bucket.put("vectors.sbert/lock", json.dumps({**lease, "renewed": now - 299}).encode())
+    assert run("encode", source, "-o", bucket.url("vectors/")).exit_code == 1  # fresh to the last second
+    bucket.put("vectors.sbert/lock", json.dumps({**lease, "renewed": now - 1000}).encode())
     result = run("encode", source, "-o", bucket.url("vectors/"))
     assert result.exit_code == 0, result.output
     assert f"sbert: {bucket.url('vectors')}: took over the lease of pid 4121 on etl-2, not renewed for 1000 s" in result.stderr
@@ -308,10 +322,13 @@ def test_a_lease_taken_by_another_run_stops_this_one_before_it_publishes(bucket:
         held = json.loads(bucket.get("out.sbert/lock"))
         assert held["pid"] == os.getpid() and held["token"] == lease.token and not notices
         lease.check()  # still ours
-        bucket.put("out.sbert/lock", json.dumps({**held, "token": "theirs", "host": "etl-2", "pid": 7}).encode())
-        wait = time.monotonic() + 10
-        while lease.lost is None and time.monotonic() < wait:
-            time.sleep(0.02)
+        assert lease._thread is not None
+        for _ in range(1000):  # the other run renews its lease too: a renewal of ours may overwrite one write
+            bucket.put("out.sbert/lock", json.dumps({**held, "token": "theirs", "host": "etl-2", "pid": 7}).encode())
+            lease._thread.join(timeout=0.1)  # the renewing thread ends only once it finds another's token
+            if not lease._thread.is_alive():
+                break
+        assert not lease._thread.is_alive()
         with pytest.raises(OutputError) as stopped:
             lease.check()
     assert str(stopped.value) == f"{bucket.url('out')}: another sbert run (pid 7 on etl-2) took this output's lease; this run stopped without publishing more"
@@ -368,3 +385,74 @@ def test_int8_ranges_sidecar_goes_to_the_store_beside_its_vectors(bucket: Bucket
     assert f"out.{kind}.quantization.json" in bucket.listing()
     assert json.loads(bucket.get(f"out.{kind}.quantization.json"))["dtype"] == "int8"
     assert not (tmp_path / "s3:").exists()
+
+
+class StepClock:
+    """time as io.retry uses it, whose monotonic clock moves only by the waits asked of it (it records them)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.waits: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.now += seconds
+
+
+# The fake encoder, with the lease renewed every 0.05 s; at the batch that holds the text STEAL_TEXT another run's
+# token is written into the lease (again every 0.02 s, as that run renews it), and the batch waits until this run's
+# renewal has found it.
+STEAL_SETUP = FAKE_SETUP + """
+import json
+import sbert_cli.io.lease as leases
+
+leases.RENEW_SECONDS = 0.05
+held = []
+_real_init = leases.Lease.__init__
+
+def _init(self, *args, **kwargs):
+    _real_init(self, *args, **kwargs)
+    held.append(self)
+
+leases.Lease.__init__ = _init
+
+class StealingFakeEncoder(FakeEncoder):
+    def embed(self, ids):
+        if [1, *map(ord, os.environ["STEAL_TEXT"]), 2] in [[int(value) for value in row] for row in ids]:
+            [lease] = held
+            while lease.lost is None:  # the other run renews its lease too (a renewal of ours may overwrite one write)
+                theirs = {"token": "theirs", "pid": 7, "host": "etl-2", "renewed": time.time()}
+                lease.path.write_text(json.dumps(theirs) + "\\n")
+                time.sleep(0.02)
+        return super().embed(ids)
+
+sbert_cli.encoder.open_model = lambda options: FakeHandle(StealingFakeEncoder(record=False))
+"""
+
+
+@pytest.mark.slow
+def test_a_lease_stolen_mid_run_stops_the_run_and_no_further_shard_appears(bucket: Bucket, tmp_path: Path) -> None:
+    """600 rows in shards of 100, windows of 25: the lease is taken while row 150 (window 6, in shard 1) is encoded.
+    By then shard 0 is published (the writer finished it before it took window 4's rows), and shard 1 is published
+    only once window 8 begins, after the run has found the theft: it publishes nothing more, and leaves the lease
+    to the run that took it."""
+    source = tmp_path / "in.jsonl"
+    texts = write_texts(source, 600)
+    out = bucket.url("vectors/")
+    args = ["encode", source, "-o", out, "--id-column", "id", "--shard-rows", "100", "--chunk-size", "25", "--batch-size", "5"]
+    env = {**os.environ, "STEAL_TEXT": texts[150]}
+    child = subprocess.run(
+        [sys.executable, "-c", cli_child(STEAL_SETUP, report_rss=False), *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert child.returncode == 1, child.stderr
+    assert child.stderr.strip().splitlines()[-1] == (
+        f"sbert: error: {bucket.url('vectors')}: another sbert run (pid 7 on etl-2) took this output's lease; this run stopped without publishing more"
+    )
+    assert bucket.listing("vectors/") == ["vectors/part-00000.parquet"]
+    manifest = json.loads(bucket.get("vectors.sbert/manifest.json"))
+    assert manifest["complete"] is False and [entry["file"] for entry in manifest["shards"]] == ["part-00000.parquet"]
+    assert json.loads(bucket.get("vectors.sbert/lock"))["token"] == "theirs"  # the winner's lease is left alone
+    assert not spool_dir(out).exists()  # its unpublished shard went with it

@@ -18,7 +18,7 @@ import pytest
 
 from sbert_cli.io.manifest import file_sha256
 from sbert_cli.io.paths import DirectoryLayout
-from tests.conftest import FAKE_CLI_CHILD, ROOT, FakeEncoder, expected_fake_vectors
+from tests.conftest import FAKE_CLI_CHILD, FAKE_SETUP, ROOT, FakeEncoder, cli_child, expected_fake_vectors
 from tests.test_cli import error_of, run
 
 MIXED_LINES = [
@@ -189,8 +189,8 @@ def run_child(args: list) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", FAKE_CLI_CHILD, *map(str, args)], cwd=ROOT, capture_output=True, text=True)
 
 
-def start_child(args: list, delay: float) -> subprocess.Popen:
-    env = {**os.environ, "FAKE_DELAY": str(delay)}
+def start_child(args: list, delay: float, **env: str) -> subprocess.Popen:
+    env = {**os.environ, "FAKE_DELAY": str(delay), **env}
     return subprocess.Popen(
         [sys.executable, "-c", FAKE_CLI_CHILD, *map(str, args)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -283,6 +283,66 @@ def test_a_signal_on_a_file_output_leaves_nothing(tmp_path: Path, signum: int) -
     name = signal.Signals(signum).name
     assert terminate(child, signum) == f"sbert: error: stopped by {name}; no output was written"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+# The fake encoder with a batch that never ends, and sbert's signal handlers noted as they return: the first signal
+# is seen to be taken (and the run to go on) before the second is sent.
+BLOCKED_SETUP = FAKE_SETUP + """
+import signal as real_signal
+from pathlib import Path
+import sbert_cli.signals
+
+class NotingSignals:
+    def __getattr__(self, name):
+        return getattr(real_signal, name)
+
+    @staticmethod
+    def signal(signum, handler):
+        if not callable(handler):
+            return real_signal.signal(signum, handler)
+
+        def noted(number, frame):
+            handler(number, frame)
+            with open(os.environ["SIGNALS_TAKEN"], "a") as taken:
+                taken.write(f"{number}\\n")
+
+        return real_signal.signal(signum, noted)
+
+sbert_cli.signals.signal = NotingSignals()
+
+class BlockedFakeEncoder(FakeEncoder):
+    def embed(self, ids):
+        Path(os.environ["BATCH_STARTED"]).touch()
+        time.sleep(3600)  # only a stop at once ends this batch
+        return super().embed(ids)
+
+sbert_cli.encoder.open_model = lambda options: FakeHandle(BlockedFakeEncoder(record=False))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_second_signal_stops_the_run_at_once(tmp_path: Path, signum: int) -> None:
+    """The first signal asks for a stop after the batch, which never ends here; the second stops the run at once."""
+    source = tmp_path / "in.jsonl"
+    write_texts(source, 10)
+    started, taken = tmp_path / "started", tmp_path / "taken"
+    env = {**os.environ, "BATCH_STARTED": str(started), "SIGNALS_TAKEN": str(taken)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", cli_child(BLOCKED_SETUP, report_rss=False), "encode", str(source), "-o", str(tmp_path / "out.parquet")],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        wait_until(started.exists, child)
+        child.send_signal(signum)
+        wait_until(lambda: taken.exists() and taken.read_text() == f"{int(signum)}\n", child)  # taken, and the run goes on
+        name = signal.Signals(signum).name
+        assert terminate(child, signum) == f"sbert: error: stopped by {name}; no output was written"
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "started", "taken"]
 
 
 HOLD_LOCK = """
