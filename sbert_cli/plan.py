@@ -42,7 +42,7 @@ class BatchShape:
 # OpenVINO runs each batch on one core (backends.openvino_bert), and a batch of about two thousand tokens keeps
 # its activations near that core: against the CPU's 32 rows and 16,384 tokens, 128 rows and 2,048 tokens (8 rows
 # of 256, 128 of 16) ran the bench's batches 4-5% faster at bf16 and 25-30% faster at fp32, with less memory
-# (README, Speed). Smaller budgets measured no faster.
+# (docs/speed.md). Smaller budgets measured no faster.
 OPENVINO_BATCH_SHAPE = BatchShape(batch_size=128, max_tokens=2048)
 
 

@@ -43,7 +43,7 @@ def openvino_runs(model: ModelDescription, target: Target) -> bool:
 
 def openvino_wins_here() -> bool:
     """Where `--backend auto` picks OpenVINO: CPUs with native bf16 (AVX512-BF16 or AMX), where it was measured
-    ahead of the oneDNN backend at both precisions (README, Speed). On AVX2-only CPUs it was not measured, so auto
+    ahead of the oneDNN backend at both precisions (docs/speed.md). On AVX2-only CPUs it was not measured, so auto
     keeps oneDNN there; `--backend openvino` runs it anyway."""
     return cpu_has_native_bf16()
 
