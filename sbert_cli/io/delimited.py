@@ -228,7 +228,7 @@ def _column_index(table: TableSpec, header: list[str], column: str, fix: str) ->
     try:
         return header.index(column)
     except ValueError:
-        raise UsageError(missing_column(table.name, "column", shown(column), [shown(name) for name in header], fix)) from None
+        raise UsageError(missing_column(table.name, "column", column, header, fix)) from None
 
 
 def _csv_fields(table: TableSpec, stream: IO[bytes], extent: Extent) -> Iterator[Fields | BadRow]:

@@ -74,10 +74,6 @@ def staged(final: str, folder: Path | None = None) -> Iterator[str]:
     temporary = temporary_path(final, folder)
     try:
         yield temporary
-    except BaseException:
-        discard(temporary)
-        raise
-    try:
         publish(temporary, final)
     except BaseException:
         discard(temporary)

@@ -6,6 +6,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
+from sbert_cli.io.encodings import shown
+
 STDIN = "-"
 MISSING: Any = type("Missing", (), {"__repr__": lambda self: "MISSING"})()  # a JSON field that is not there
 BOM = b"\xef\xbb\xbf"
@@ -100,8 +102,9 @@ def text_start(head: bytes) -> bytes:
 
 
 def missing_column(where: str, noun: str, column: str, present: list[str], fix: str) -> str:
-    shown = ", ".join(present[:20]) or "none"
-    return f"{where}: no {noun} '{column}' (found: {shown}); pass {fix}"
+    """The line for a column or field that is not there; names are shown escaped, so the line stays one line."""
+    found = ", ".join(shown(name) for name in present[:20]) or "none"
+    return f"{where}: no {noun} '{shown(column)}' (found: {found}); pass {fix}"
 
 
 def json_type(value: Any) -> str:
