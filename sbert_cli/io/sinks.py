@@ -10,10 +10,10 @@ import numpy as np
 
 from sbert_cli.io.manifest import Manifest, ShardEntry, save_manifest
 from sbert_cli.io.paths import DirectoryLayout
-from sbert_cli.io.readers import BadRow, Record
-from sbert_cli.io.storage import location
 from sbert_cli.io.output_formats import OUTPUT_FORMATS
 from sbert_cli.io.parquet_out import ParquetWriter
+from sbert_cli.io.readers import BadRow, Record
+from sbert_cli.io.storage import location
 from sbert_cli.io.writers import NOTHING_WRITTEN, EmbeddingWriter, RejectsWriter, WriterSpec
 from sbert_cli.words import plural
 
@@ -170,6 +170,7 @@ class ShardedSink:
         self._writer = self._rejects = None
 
     def finish(self) -> None:
+        self.check()  # as before each shard: a run that lost its lease marks nothing complete
         self.manifest.complete = True
         save_manifest(self.layout, self.manifest)
 
