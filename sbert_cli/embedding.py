@@ -57,6 +57,8 @@ class ModelSource:
         self._load = load
         self._handle = handle
         self._encoder: Encoder | None = None
+        self._loading: threading.Thread | None = None
+        self._load_error: BaseException | None = None
         self._profile: Profile | None = None
         self._lock = threading.Lock()
 
@@ -71,7 +73,28 @@ class ModelSource:
         if description is not None and first_run(description):
             # Said at once, before the imports and the load: the one-time steps name themselves and their time later.
             notice(f"sbert: first run with {description.info.name}: preparing it once for later runs (one-time steps below)")
-        return cls(handle.info, handle.load, cache=cache, handle=handle, notice=notice)
+        source = cls(handle.info, handle.load, cache=cache, handle=handle, notice=notice)
+        if cache is None:
+            source.start_loading()  # without a cache every text needs the model: load it while the input is read
+        return source
+
+    def start_loading(self) -> None:
+        """Load the model in a thread of its own now (OpenVINO's compile and torch's weight load let go of Python's
+        lock), so that the load overlaps what comes before the first window is encoded; encoder() waits for it."""
+        self._loading = threading.Thread(target=self._load_now, name="sbert-model-load")
+        self._loading.start()
+
+    def _load_now(self) -> None:
+        started, earlier = time.perf_counter(), ONE_TIME.seconds
+        ONE_TIME.announce = self.notice  # a first run with this model says what it does once (derived folders)
+        try:
+            self._encoder = self._load()
+        except BaseException as error:  # raised again where the encoder is asked for, in the run's own thread
+            self._load_error = error
+        finally:
+            ONE_TIME.announce = None
+            self.load_seconds = time.perf_counter() - started
+            self.one_time_seconds = ONE_TIME.seconds - earlier
 
     def plan(self, plan: BatchPlan) -> BatchPlan:
         """`plan` with the loaded backend's own batch shape where the user left it auto, within the token budget the
@@ -93,15 +116,14 @@ class ModelSource:
 
     def encoder(self) -> Encoder:
         with self._lock:
-            if self._encoder is None:
-                started, earlier = time.perf_counter(), ONE_TIME.seconds
-                ONE_TIME.announce = self.notice  # a first run with this model says what it does once (derived folders)
-                try:
-                    self._encoder = self._load()
-                finally:
-                    ONE_TIME.announce = None
-                self.load_seconds = time.perf_counter() - started
-                self.one_time_seconds = ONE_TIME.seconds - earlier
+            if self._loading is not None:
+                self._loading.join()
+                self._loading = None
+            elif self._encoder is None and self._load_error is None:
+                self._load_now()
+            if self._load_error is not None:
+                raise self._load_error
+            assert self._encoder is not None
             return self._encoder
 
     def profile(self) -> Profile:

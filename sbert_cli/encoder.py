@@ -11,7 +11,6 @@ import numpy as np
 
 from sbert_cli.backends import load_backend
 from sbert_cli.backends.base import Backend, Target
-from sbert_cli.backends.heads import Head
 from sbert_cli.backends.pooling import Pooling
 from sbert_cli.errors import ModelError
 from sbert_cli.choices import DEFAULT_MODEL
@@ -84,19 +83,13 @@ class TransformerEncoder:
     """A model's tokenizer and the backend that runs it on its device (backends.BACKENDS chooses which)."""
 
     def __init__(self, model: ModelDescription, tokenizer: Tokenizer | None = None) -> None:
-        import torch
-
         self.model = model
         self.info = model.info
-        device = torch.device(model.info.device)
-        threads = model.threads or available_cores()
-        if device.type == "cpu":
-            torch.set_num_threads(threads)
         self.texts_to_tokens = tokenizer or Tokenizer(model)
         self.pad_id = self.texts_to_tokens.pad_id
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[model.info.precision]
         skip = 0 if model.layout.include_prompt else self.texts_to_tokens.prompt_length
-        self.target = Target(device, dtype, self.pad_id, Pooling(model.info.pooling, skip), Head(model.head, device), threads)
+        threads = model.threads or available_cores()
+        self.target = Target(model.info.device, model.info.precision, self.pad_id, Pooling(model.info.pooling, skip), model.head, threads)
         self.backend: Backend = load_backend(model, self.target)
         self.batch_shape = self.backend.batch_shape
         self._fp32: TransformerEncoder | None = None

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,12 @@ SAMPLE_DATA = ROOT / "sample_data"
 # The evaluation sets, Chinese config and vocab: ../shared/data beside the clone (as CI has it), or wherever
 # SBERT_SHARED_DATA points, so a clone elsewhere runs these tests instead of skipping them.
 SHARED_DATA = Path(os.environ.get("SBERT_SHARED_DATA") or ROOT.parent / "shared" / "data")
+
+# What sbert keeps in the user's cache directory (OpenVINO's compiled models, conversions of read-only models) goes
+# to one folder for the whole test session, removed at its end, never to the user's own.
+if "XDG_CACHE_HOME" not in os.environ:
+    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="sbert-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], True)
 CHINESE_CONFIG = SHARED_DATA / "sbert-chinese-general-v1" / "config.json"
 CHINESE_VOCAB = SHARED_DATA / "vocab" / "bert-base-chinese-vocab.txt"
 SHARED_MISSING = (

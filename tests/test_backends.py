@@ -61,7 +61,7 @@ def test_a_backend_added_as_one_line_runs_encode(tmp_path: Path, tiny_model_dir:
     monkeypatch.setitem(backends.BACKENDS, "cpu", (CountingBackend.load, *backends.BACKENDS["cpu"]))
     result, out = encode(tmp_path, tiny_model_dir, "counting")
     assert result.exit_code == 0, result.output
-    assert [target.device.type for target in CountingBackend.loaded] == ["cpu"]
+    assert [target.device_kind for target in CountingBackend.loaded] == ["cpu"]
     ids, vectors = read_output(out, "")
     assert ids == [f"s{i:03d}" for i in range(1, len(sample_texts()) + 1)]
     # Every vector is the fake backend's, on its own row in input order: the row's token count, the sum of its ids and

@@ -32,7 +32,7 @@ CHOSEN: dict[str, dict[str, tuple[BackendLoader, ...]]] = {
 def load_backend(model: ModelDescription, target: Target) -> Backend:
     """The first backend for the target's kind of device, among those `--backend` allows, that runs this model."""
     loaders = BACKENDS if model.backend == "auto" else CHOSEN[model.backend]
-    for load in loaders.get(target.device.type, ()):
+    for load in loaders.get(target.device_kind, ()):
         backend = load(model, target)
         if backend is not None:
             return backend

@@ -58,8 +58,8 @@ def _placed(model: Any, target: Target) -> Any:
     """The model on its device in its precision: weights cast once, never per batch."""
     import torch
 
-    if target.device.type != "cpu":
-        return model.to(target.dtype).to(target.device)
+    if target.device_kind != "cpu":
+        return model.to(target.dtype).to(target.torch_device)
     # fp16 has few CPU kernels: autocast keeps the weights and runs what it can in fp16.
     return model if target.dtype == torch.float16 else model.to(target.dtype)
 
@@ -67,6 +67,6 @@ def _placed(model: Any, target: Target) -> Any:
 def _autocast(target: Target) -> Callable[[], AbstractContextManager[Any]]:
     import torch
 
-    if target.device.type == "cpu" and target.dtype == torch.float16:
+    if target.device_kind == "cpu" and target.dtype == torch.float16:
         return lambda: torch.autocast("cpu", dtype=torch.float16)
     return nullcontext

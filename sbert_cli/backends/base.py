@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Protocol
 
 import numpy as np
 
 from sbert_cli.backends.pooling import Pooling
 from sbert_cli.model.description import ModelDescription
+from sbert_cli.model.modules import HeadLayer
 from sbert_cli.model.tokens import Tokenized
 from sbert_cli.plan import BatchShape
 
@@ -35,15 +37,47 @@ class Backend(Protocol):
 
 @dataclass(frozen=True)
 class Target:
-    """What a backend is loaded for: the torch device and dtype, the tokenizer's pad id, the pooling and the head
-    after it (heads.Head: Dense, Normalize, truncation), which every backend applies through pooling.sentence_vectors."""
+    """What a backend is loaded for: the device and precision, the tokenizer's pad id, the pooling and the head
+    after it (Dense, Normalize, truncation), which every backend applies through pooling.sentence_vectors.
 
-    device: Any  # torch.device
-    dtype: Any  # torch.float32, torch.bfloat16 or torch.float16
+    Plain values only: a backend that runs without torch (OpenVINO's) never imports it. Torch's device, dtype and
+    head are made on first use; that first use also sets torch's CPU threads to the run's.
+    """
+
+    device: str  # "cpu", "cuda", "cuda:1"
+    precision: str  # fp32, bf16 or fp16
     pad_id: int
     pooling: Pooling
-    head: Callable[[Any], Any]  # pooled float32 vectors on the device -> the run's vectors
-    threads: int = 1  # on a CPU: the threads its forward pass may use (torch's are set to this already)
+    head_layers: tuple[HeadLayer, ...] = ()
+    threads: int = 1  # on a CPU: the threads its forward pass may use
+
+    @property
+    def device_kind(self) -> str:
+        """The kind of device (backends.BACKENDS is keyed on it): cpu or cuda."""
+        return self.device.partition(":")[0]
+
+    @cached_property
+    def torch_device(self) -> Any:
+        import torch
+
+        if self.device_kind == "cpu":
+            torch.set_num_threads(self.threads)
+        return torch.device(self.device)
+
+    @cached_property
+    def dtype(self) -> Any:
+        """The precision as a torch dtype."""
+        import torch
+
+        self.torch_device  # noqa: B018 -- torch's threads are set before any backend computes
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+
+    @cached_property
+    def head(self) -> Callable[[Any], Any]:
+        """The layers after pooling on the device: pooled float32 vectors in, the run's vectors out."""
+        from sbert_cli.backends.heads import Head
+
+        return Head(self.head_layers, self.torch_device)
 
 
 # A backend's loader: the backend for this model on this target, or None when it does not run this model

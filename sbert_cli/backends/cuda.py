@@ -28,5 +28,5 @@ class CudaBert(ForwardBackend):
     def load(cls, model: ModelDescription, target: Target) -> CudaBert | None:
         if not bert_supported(model.config):
             return None
-        bert = bert_from_checkpoint(model, TorchLinears(target.dtype, target.device))
+        bert = bert_from_checkpoint(model, TorchLinears(target.dtype, target.torch_device))
         return None if bert is None else cls(bert, target)

@@ -24,7 +24,7 @@ class ForwardBackend:
     def __init__(self, forward: Forward, target: Target) -> None:
         self.forward = forward
         self.target = target
-        self._feeder = DeviceFeeder(forward, target) if target.device.type == "cuda" else None
+        self._feeder = DeviceFeeder(forward, target) if target.device_kind == "cuda" else None
 
     def embed_batches(self, tokens: Tokenized, batches: Sequence[np.ndarray], out: np.ndarray, after_batch: Callable[[int], None]) -> int:
         if self._feeder is not None:
@@ -60,8 +60,8 @@ class DeviceFeeder:
     def __init__(self, forward: Forward, target: Target) -> None:
         self.forward = forward
         self.target = target
-        self.device = target.device
-        self.staging = Staging(target.device)
+        self.device = target.torch_device
+        self.staging = Staging(target.torch_device)
 
     def run(self, tokens: Tokenized, batches: Sequence[np.ndarray], out: np.ndarray, after_batch: Callable[[int], None]) -> int:
         """Encoder.embed_batches on the device: out[rows] for each batch's rows; how many batches ran."""

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Callable, Sequence
 from importlib.util import find_spec
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from sbert_cli.backends import numpy_pooling
 from sbert_cli.backends.base import Target
 from sbert_cli.backends.bert import bert_supported
 from sbert_cli.backends.openvino_export import converted_model
 from sbert_cli.backends.pooling import sentence_vectors
 from sbert_cli.errors import ModelError, SbertError, UsageError, first_line
+from sbert_cli.model.derived import derived_key, user_cache
 from sbert_cli.model.description import ModelDescription
 from sbert_cli.model.device import cpu_has_native_bf16
 from sbert_cli.model.tokens import Tokenized
@@ -28,6 +32,23 @@ INSTALL_HINT = "pip install 'sbert-cli[openvino]'"
 RUNTIME_CACHE_ENTRIES = 50
 
 
+# OpenVINO's own cache of compiled models (its CACHE_DIR), in the user's cache directory: a run after the first loads
+# the model compiled for these options instead of compiling it again, which takes longer than a small job's
+# encoding (docs/speed.md, start-up). The runtime names each file by a hash of the model, and compiles afresh
+# (replacing the file) when one cannot be read. Its hash leaves out the precision: a model compiled at f32 and loaded
+# for bf16 gave wrong vectors (OpenVINO 2026.4), so each set of compile options has a folder of its own.
+COMPILED_MODELS = "openvino-compiled"
+
+
+def writable_folder(folder: Path) -> Path | None:
+    """`folder`, made if missing, or None where it cannot be written (then nothing is cached)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return folder if os.access(folder, os.W_OK) else None
+
+
 def openvino_installed() -> bool:
     return find_spec("openvino") is not None
 
@@ -35,10 +56,8 @@ def openvino_installed() -> bool:
 def openvino_runs(model: ModelDescription, target: Target) -> bool:
     """Whether OpenVINO can run the model for the target: a CPU, fp32 or bf16 (bf16 only where the CPU multiplies
     it natively; elsewhere OpenVINO would quietly run fp32), a plain BERT."""
-    import torch
-
-    precision_runs = target.dtype == torch.float32 or (target.dtype == torch.bfloat16 and cpu_has_native_bf16())
-    return target.device.type == "cpu" and precision_runs and bert_supported(model.config)
+    precision_runs = target.precision == "fp32" or (target.precision == "bf16" and cpu_has_native_bf16())
+    return target.device_kind == "cpu" and precision_runs and bert_supported(model.config)
 
 
 def openvino_wins_here() -> bool:
@@ -53,7 +72,8 @@ class OpenVinoBert:
 
     OpenVINO splits the cores into streams that each run a batch; twice as many requests as it suggests are kept
     in flight, so that while it computes, Python pads the next batches and pools the finished ones. Pooling and
-    the head run in torch, through the same code as every backend.
+    the head run in numpy (backends.numpy_pooling), so that this path never imports torch, which takes longer to
+    import than the whole run of a small job; a model with a Dense module pools through torch, as every backend.
     """
 
     name = "openvino"
@@ -61,6 +81,7 @@ class OpenVinoBert:
 
     def __init__(self, compiled: Any, target: Target) -> None:
         self.target = target
+        self.pools_in_numpy = numpy_pooling.runs_in_numpy(target.head_layers)
         self.requests = [compiled.create_infer_request() for _ in range(2 * int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))]
 
     @classmethod
@@ -76,7 +97,7 @@ class OpenVinoBert:
     @classmethod
     def load_chosen(cls, model: ModelDescription, target: Target) -> OpenVinoBert:
         """The backend when `--backend openvino` asks for it: a one-line error where it cannot run."""
-        if target.device.type == "cpu" and not openvino_installed():  # on a GPU, installing it would not help
+        if target.device_kind == "cpu" and not openvino_installed():  # on a GPU, installing it would not help
             raise UsageError(f"--backend openvino: OpenVINO is not installed; {INSTALL_HINT}, or pass --backend auto")
         backend = cls._compiled(model, target) if openvino_runs(model, target) else None
         if backend is None:
@@ -91,10 +112,9 @@ class OpenVinoBert:
         """The model converted (once) and compiled for the target; None where its checkpoint is not one file sbert's
         BERT reads; a ModelError where OpenVINO fails on it."""
         import openvino
-        import torch
 
         config = {
-            "INFERENCE_PRECISION_HINT": "bf16" if target.dtype == torch.bfloat16 else "f32",
+            "INFERENCE_PRECISION_HINT": "bf16" if target.precision == "bf16" else "f32",
             "PERFORMANCE_HINT": "THROUGHPUT",
             "INFERENCE_NUM_THREADS": target.threads,
             "CPU_RUNTIME_CACHE_CAPACITY": RUNTIME_CACHE_ENTRIES,
@@ -104,25 +124,23 @@ class OpenVinoBert:
             if model_xml is None:
                 return None
             core = openvino.Core()
-            return cls(core.compile_model(core.read_model(model_xml), "CPU", config), target)
+            compiled_cache = writable_folder(user_cache(COMPILED_MODELS) / derived_key({**config, "openvino": openvino.__version__}))
+            if compiled_cache is not None:
+                core.set_property({"CACHE_DIR": str(compiled_cache)})
+            return cls(core.compile_model(str(model_xml), "CPU", config), target)
         except SbertError:
             raise
         except Exception as exc:  # the converter's and the runtime's errors have no common class
             raise ModelError(f"{model.info.name}: OpenVINO could not convert or compile this model: {first_line(exc)}; pass --backend torch") from None
 
     def embed_batches(self, tokens: Tokenized, batches: Sequence[np.ndarray], out: np.ndarray, after_batch: Callable[[int], None]) -> int:
-        import torch
-
         idle = list(self.requests)
         in_flight: deque[tuple[Any, np.ndarray, np.ndarray]] = deque()
 
         def finish_oldest() -> None:
             request, rows, mask = in_flight.popleft()
             request.wait()
-            hidden = torch.from_numpy(request.get_output_tensor(0).data)  # read before the request is started again
-            mask_tensor = torch.from_numpy(mask)
-            with torch.inference_mode():
-                out[rows] = sentence_vectors(hidden, mask_tensor, self.target.pooling, self.target.head).numpy()
+            out[rows] = self._pooled(request.get_output_tensor(0).data, mask)  # read before the request is started again
             idle.append(request)
             after_batch(len(rows))
 
@@ -141,3 +159,12 @@ class OpenVinoBert:
             for request, _, _ in in_flight:  # on an error, nothing is left running into buffers being freed
                 request.wait()
         return len(batches)
+
+    def _pooled(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        target = self.target
+        if self.pools_in_numpy:
+            return numpy_pooling.sentence_vectors(hidden, mask, target.pooling, target.head_layers)
+        import torch
+
+        with torch.inference_mode():
+            return sentence_vectors(torch.from_numpy(hidden), torch.from_numpy(mask), target.pooling, target.head).numpy()

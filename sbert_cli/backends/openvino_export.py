@@ -18,8 +18,9 @@ GRAPH_VERSION = 1
 def conversion_options(model: ModelDescription) -> dict[str, Any]:
     """What the conversion depends on: the graph's version, the converter's and tracer's versions, the checkpoint
     (its file's name, size and modification time) and the config. Any change makes a new conversion."""
+    from importlib.metadata import version
+
     import openvino
-    import torch
 
     weights = checkpoint_file(model.layout.transformer_dir)
     identity = None
@@ -29,7 +30,7 @@ def conversion_options(model: ModelDescription) -> dict[str, Any]:
     return {
         "graph": GRAPH_VERSION,
         "openvino": openvino.__version__,
-        "torch": torch.__version__,
+        "torch": version("torch"),  # torch.__version__ without importing it (1 s)
         "weights": identity,
         "config": model.config,
         "inputs": {"input_ids": "int32 [rows, tokens]", "attention_mask": "bool [rows, tokens]"},

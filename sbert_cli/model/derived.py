@@ -32,10 +32,14 @@ def derived_key(options: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def user_cache(name: str) -> Path:
+    """sbert's folder `name` in the user's cache directory."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sbert" / name
+
+
 def derived_roots(model_dir: Path, folder: str, cache_name: str) -> list[Path]:
     """Where derived folders are kept, in order: beside the model, then the user's cache directory."""
-    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return [model_dir / folder, cache_home / "sbert" / cache_name]
+    return [model_dir / folder, user_cache(cache_name)]
 
 
 def find_derived(roots: list[Path], options: dict[str, Any]) -> Path | None:
