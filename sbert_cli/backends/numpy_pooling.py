@@ -22,7 +22,8 @@ def sentence_vectors(hidden: np.ndarray, mask: np.ndarray, pooling: Pooling, lay
     vectors = pool(hidden.astype(np.float32, copy=False), mask, pooling)
     for layer in layers:
         if isinstance(layer, NormalizeLayer):
-            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), NORMALIZE_EPS)
+            with np.errstate(over="ignore"):  # max pooling over no counted token gives float32's lowest, as torch's does
+                vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), NORMALIZE_EPS)
         elif isinstance(layer, TruncateLayer):
             vectors = vectors[:, : layer.dim]
         else:

@@ -1,0 +1,87 @@
+"""Start-up: the OpenVINO path runs without torch, its numpy pooling equals torch's, and OpenVINO's compiled models
+are reused across runs without mixing precisions."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sbert_cli.backends import numpy_pooling
+from sbert_cli.backends.pooling import Pooling, sentence_vectors
+from sbert_cli.model.device import cpu_has_native_bf16
+from sbert_cli.model.modules import NormalizeLayer, TruncateLayer
+from tests.conftest import ROOT, sample_texts
+from tests.test_cli import read_output, run
+
+MODES = ["mean", "cls", "max", "lasttoken", "weightedmean", "mean_sqrt_len"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("skip", [0, 2])
+def test_numpy_pooling_equals_torchs(mode: str, skip: int) -> None:
+    torch = pytest.importorskip("torch")
+    generator = np.random.default_rng(7)
+    hidden = generator.normal(size=(9, 13, 16)).astype(np.float32)
+    lengths = np.array([13, 1, 5, 2, 13, 7, 3, 12, 4])  # a row shorter than the prompt's skip too
+    mask = np.arange(13) < lengths[:, None]
+    layers = (TruncateLayer(8), NormalizeLayer())
+    pooling = Pooling(mode, skip)
+    ours = numpy_pooling.sentence_vectors(hidden, mask, pooling, layers)
+    head = lambda vectors: torch.nn.functional.normalize(vectors[:, :8], p=2, dim=1)  # noqa: E731 -- the same layers in torch
+    theirs = sentence_vectors(torch.from_numpy(hidden), torch.from_numpy(mask), pooling, head).numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
+
+
+def sbert_child(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """sbert in a process of its own, printing after the command whether torch was ever imported."""
+    code = "import sys; from sbert_cli.cli import app\ntry:\n    app(sys.argv[1:])\nexcept SystemExit:\n    pass\nprint('torch imported:', 'torch' in sys.modules, file=sys.stderr)"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT), **env}, timeout=300)
+
+
+@pytest.mark.slow
+def test_the_openvino_path_never_imports_torch_once_the_model_is_converted(tmp_path: Path, tiny_model_dir: Path) -> None:
+    pytest.importorskip("openvino", reason="the OpenVINO backend is not installed")
+    model = Path(shutil.copytree(tiny_model_dir, tmp_path / "model"))
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    common = ["--model", str(model), "--backend", "openvino", "--precision", "fp32"]
+    first = sbert_child("sim", "hello", "world", *common, env=env)  # converts the model (with torch) and compiles it
+    assert first.returncode == 0, first.stderr
+    assert "torch imported: True" in first.stderr
+    again = sbert_child("sim", "hello", "world", *common, env=env)
+    assert again.returncode == 0, again.stderr
+    assert "torch imported: False" in again.stderr and again.stdout == first.stdout
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"text": "hello"}\n', encoding="utf-8")
+    encoded = sbert_child("encode", str(source), "-o", str(tmp_path / "one.parquet"), "-q", *common, env=env)
+    assert encoded.returncode == 0, encoded.stderr
+    assert "torch imported: False" in encoded.stderr
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="OpenVINO runs bf16 only on CPUs with native bf16")
+def test_compiled_models_are_reused_per_precision(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("openvino", reason="the OpenVINO backend is not installed")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    model = Path(shutil.copytree(tiny_model_dir, tmp_path / "model"))
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(f'{{"text": "{text}"}}\n' for text in sample_texts()[:8]), encoding="utf-8")
+
+    def encode(name: str, *options: str) -> np.ndarray:
+        result = run("encode", source, "-o", tmp_path / f"{name}.parquet", "--model", model, "-q", *options)
+        assert result.exit_code == 0, result.output
+        return read_output(tmp_path / f"{name}.parquet", "")[1]
+
+    torch_fp32 = encode("torch", "--backend", "torch", "--precision", "fp32")
+    bf16 = encode("bf16", "--backend", "openvino", "--precision", "bf16")
+    fp32 = encode("fp32", "--backend", "openvino", "--precision", "fp32")  # compiled anew: not the bf16 one
+    np.testing.assert_allclose(fp32, torch_fp32, atol=1e-4)
+    assert not np.array_equal(bf16, fp32)
+    compiled = tmp_path / "cache" / "sbert" / "openvino-compiled"
+    assert len([folder for folder in compiled.iterdir() if any(folder.glob("*.blob"))]) == 2  # one per precision
+    np.testing.assert_array_equal(encode("fp32-again", "--backend", "openvino", "--precision", "fp32"), fp32)  # from its cache
+    np.testing.assert_array_equal(encode("bf16-again", "--backend", "openvino", "--precision", "bf16"), bf16)
