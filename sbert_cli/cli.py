@@ -81,7 +81,7 @@ INPUT, MODEL, BATCHING, OUTPUT, UNATTENDED, RAY = "Input", "Model", "Batching", 
 ModelOption = Annotated[str, typer.Option("--model", "-m", envvar="SBERT_MODEL", rich_help_panel=MODEL, help="Hub id or local directory (sentence-transformers or transformers layout).")]
 DeviceOption = Annotated[str, typer.Option(parser=_device, metavar="<auto|cpu|cuda|cuda:N>", rich_help_panel=MODEL, help="auto takes CUDA when torch sees a GPU.")]
 PrecisionOption = Annotated[Precision, typer.Option(rich_help_panel=MODEL, help="Forward pass precision; auto: fp16 on CUDA, bf16 on a CPU with native bf16, else fp32. Vectors are float32.")]
-BackendOption = Annotated[BackendChoice, typer.Option(rich_help_panel=MODEL, help="What runs the forward pass. auto: OpenVINO on a CPU with native bf16 when it is installed (the openvino extra), else torch. openvino: OpenVINO on any CPU (BERT models). torch: torch only.")]
+BackendOption = Annotated[BackendChoice, typer.Option(rich_help_panel=MODEL, help="What runs the forward pass. auto: OpenVINO on a CPU with native bf16 (installed with sbert on x86-64 Linux and Windows), else torch; sbert --version says which here. openvino: OpenVINO on any CPU (BERT models). torch: torch only.")]
 MaxLengthOption = Annotated[Optional[int], typer.Option(rich_help_panel=MODEL, help="Truncate texts to this many tokens (default: the model's).")]
 PromptOption = Annotated[Optional[str], typer.Option(rich_help_panel=MODEL, show_default="the model's default prompt, if it names one", help="Text put before every input, as sentence-transformers' prompt.")]
 PromptNameOption = Annotated[Optional[str], typer.Option(rich_help_panel=MODEL, help="Put the model's prompt of this name before every input (its config_sentence_transformers.json), e.g. query.")]
@@ -370,13 +370,16 @@ def _existing_cache(path: str) -> VectorCache:
 
 def _version(value: bool) -> None:
     if value:
+        from sbert_cli.auto_choice import auto_choice
+
         typer.echo(f"sbert {__version__}")
+        typer.echo(auto_choice())
         raise typer.Exit()
 
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version, and the device, backend and precision auto picks on this machine and why.")] = False,
 ) -> None:
     """Chinese sentence embeddings in bulk: encode files, compare sentences, evaluate on pair sets."""
 

@@ -85,3 +85,34 @@ def test_compiled_models_are_reused_per_precision(tmp_path: Path, tiny_model_dir
     assert len([folder for folder in compiled.iterdir() if any(folder.glob("*.blob"))]) == 2  # one per precision
     np.testing.assert_array_equal(encode("fp32-again", "--backend", "openvino", "--precision", "fp32"), fp32)  # from its cache
     np.testing.assert_array_equal(encode("bf16-again", "--backend", "openvino", "--precision", "bf16"), bf16)
+
+
+def test_version_says_what_auto_picks_here_as_a_run_picks_it(tiny_model_dir: Path) -> None:
+    from sbert_cli.encoder import load_encoder
+
+    result = run("--version")
+    assert result.exit_code == 0, result.output
+    version, choice = result.output.splitlines()
+    assert version.startswith("sbert ")
+    encoder = load_encoder(str(tiny_model_dir))  # every option auto, as a run with no options
+    backend = "openvino" if encoder.backend.name == "openvino" else "torch"
+    assert choice.startswith(f"auto here: --device {encoder.info.device} --backend {backend} --precision {encoder.info.precision} (")
+
+
+@pytest.mark.skipif(os.path.exists("/proc/driver/nvidia/version"), reason="with a GPU driver loaded, --version asks torch whether it sees the GPU")
+def test_version_imports_neither_torch_nor_openvino() -> None:
+    code = "import sys; from sbert_cli.cli import app\ntry:\n    app(['--version'])\nexcept SystemExit:\n    pass\nprint(sorted({'torch', 'openvino', 'transformers'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]"
+
+
+def test_a_plain_install_brings_openvino_where_auto_would_pick_it() -> None:
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads pyproject.toml itself")
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    [openvino] = [Requirement(line) for line in project["dependencies"] if line.startswith("openvino")]
+    assert openvino.marker is not None
+    for platform, machine, expected in [("linux", "x86_64", True), ("win32", "AMD64", True), ("darwin", "arm64", False), ("linux", "aarch64", False)]:
+        assert openvino.marker.evaluate({"sys_platform": platform, "platform_machine": machine}) is expected, (platform, machine)

@@ -1,4 +1,4 @@
-"""The OpenVINO backend (the `openvino` extra): a BERT checkpoint on OpenVINO's CPU kernels, several batches in flight."""
+"""The OpenVINO backend (a dependency on x86-64 Linux and Windows, the `openvino` extra elsewhere): a BERT checkpoint on OpenVINO's CPU kernels, several batches in flight."""
 
 from __future__ import annotations
 

@@ -48,17 +48,25 @@ def pick_precision(precision: str, device: str) -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
+NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether the CPU has bf16 matrix instructions (AVX512-BF16 or AMX), read from /proc/cpuinfo."""
+    return bool(native_bf16_flags())
+
+
+def native_bf16_flags() -> list[str]:
+    """The CPU's bf16 matrix instructions among NATIVE_BF16_FLAGS, from /proc/cpuinfo (none where it cannot be read)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
             for line in cpuinfo:
                 if line.startswith("flags"):
                     flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+                    return [flag for flag in NATIVE_BF16_FLAGS if flag in flags]
     except OSError:
         pass
-    return False
+    return []
 
 
 def available_cores() -> int:
