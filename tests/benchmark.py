@@ -14,13 +14,16 @@ beforehand (not timed), as its documentation recommends. sbert's own one-time Op
 default backend on CPUs with native bf16, when the openvino extra is installed) is likewise made before
 the timed runs, and its time printed.
 
-The default CPU run is two tables, each held to its goal: sbert fp32 against ST fp32 on 2,200 rows, then
+First comes the start-up table (tests/startup_bench.py: sbert sim A B and a one-row encode, whole processes on the
+converted model, best of 5, against sentence-transformers loading the model and encoding two sentences; on a GPU
+too). The default CPU run then has two tables, each held to its goal: sbert fp32 against ST fp32 on 2,200 rows, then
 sbert's default (and sbert on torch's backend) against ST bf16 and ST + OpenVINO on 11,000 rows; 2 rounds.
 
     python -m tests.benchmark                      # the two tables above (where bf16 is emulated: fp32 only)
     python -m tests.benchmark --quick              # 300 rows, 1 round
     python -m tests.benchmark --rows 11000 --rounds 1 --contenders sbert-auto,st-bf16,st-openvino
     python -m tests.benchmark --cache-figures      # re-runs with --cache, 10% new rows, duplicated texts
+    python -m tests.benchmark --startup            # only the start-up table (sbert sim A B, a one-row encode, the peer)
     python -m tests.benchmark --device cuda        # on a GPU: 100,000 rows, sbert's defaults vs ST .half() at batch 32/128/512
     python -m tests.benchmark --device cuda --rows 300000 --contenders sbert-auto,st-fp16-512
     python -m tests.benchmark --device cuda --rows 300000 --contenders sbert-auto --profile   # the device path alone, and its kernels
@@ -42,6 +45,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.startup_bench import startup_table
 
 ROOT = Path(__file__).resolve().parent.parent
 # The evaluation data: ../shared/data beside the clone, or wherever SBERT_SHARED_DATA points (as for the tests).
@@ -443,6 +448,7 @@ def main() -> None:
     parser.add_argument("--oom-check", action="store_true", help="on CUDA: 60,000 rows of 256 tokens forced into one batch, against a default run")
     parser.add_argument("--openvino-python", help="an interpreter that already has sentence-transformers[openvino] and pyarrow")
     parser.add_argument("--cache-figures", action="store_true", help="time --cache re-runs and duplicated texts instead")
+    parser.add_argument("--startup", action="store_true", help="only the start-up table (tests/startup_bench.py)")
     parser.add_argument("--workdir", default=str(ROOT / "bench_out"))
     args = parser.parse_args()
     if not (SHARED / SETS[0]).exists():
@@ -484,6 +490,11 @@ def main() -> None:
         setup.openvino_model = export_openvino(setup.openvino_python, model_dir, work / "standin-openvino")
     if not gpu:
         prepare_sbert(model_dir)
+    if not (args.contenders or args.rows) or args.startup:
+        # sbert sim A B and a one-row encode, whole processes, against their goals; on a GPU too, wherever one is at hand
+        startup_table(model_dir, work, args.device, 3 if gpu else 5, setup.openvino_python, setup.openvino_model)
+        if args.startup:
+            return
     for group_rows, names in groups:
         run_group(setup, work, [table[name] for name in names], group_rows, rounds, gpu)
     if args.profile and gpu:
