@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -65,7 +66,8 @@ class OneTimeSteps:
             self.announce(f"sbert: {what}: a one-time step for this model, kept in {folder} for later runs")
         started = time.perf_counter()
         try:
-            yield
+            with _spinner(what if self.announce is not None else None):
+                yield
         finally:
             spent = time.perf_counter() - started
             self.seconds += spent
@@ -74,6 +76,19 @@ class OneTimeSteps:
 
 
 ONE_TIME = OneTimeSteps()
+
+
+@contextmanager
+def _spinner(what: str | None) -> Iterator[None]:
+    """A spinner with the seconds so far on a terminal's stderr while a one-time step runs (rich's status line,
+    gone when it ends); nothing where stderr is a file or pipe, or the run is quiet (`what` None)."""
+    if what is None or not sys.stderr.isatty():
+        yield
+        return
+    from rich.console import Console
+
+    with Console(stderr=True).status(Text(f"once: {what.split(',')[0]}")):  # the step's name, without its why
+        yield
 
 
 def write_derived(roots: list[Path], options: dict[str, Any], write: Callable[[Path], bool], what: str) -> Path | None:
