@@ -116,3 +116,31 @@ def test_a_plain_install_brings_openvino_where_auto_would_pick_it() -> None:
     assert openvino.marker is not None
     for platform, machine, expected in [("linux", "x86_64", True), ("win32", "AMD64", True), ("darwin", "arm64", False), ("linux", "aarch64", False)]:
         assert openvino.marker.evaluate({"sys_platform": platform, "platform_machine": machine}) is expected, (platform, machine)
+
+
+@pytest.mark.slow
+def test_a_model_that_cannot_be_written_prepared_by_two_runs_at_once(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Both runs succeed with the same vectors; one conversion, one saved tokenizer and no temporary folder are left in
+    the user's cache; the run after them prepares nothing."""
+    pytest.importorskip("openvino", reason="the OpenVINO backend is not installed")
+    model = Path(shutil.copytree(tiny_model_dir, tmp_path / "model"))
+    for folder in ("sbert-openvino", "sbert-tokenizer"):
+        shutil.rmtree(model / folder, ignore_errors=True)
+        (model / folder).write_text("in the way\n")  # the folders cannot be made there, as in a model others own
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(f'{{"text": "{text}"}}\n' for text in sample_texts()[:8]), encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+
+    def command(name: str) -> list[str]:
+        return [sys.executable, "-m", "sbert_cli", "encode", str(source), "-o", str(tmp_path / f"{name}.parquet"), "--model", str(model), "--backend", "openvino", "--precision", "fp32"]
+
+    runs = [subprocess.Popen(command(name), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in ("a", "b")]
+    for process in runs:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr
+    np.testing.assert_array_equal(read_output(tmp_path / "a.parquet", "")[1], read_output(tmp_path / "b.parquet", "")[1])
+    for kind in ("openvino", "tokenizers"):
+        [kept] = list((tmp_path / "cache" / "sbert" / kind).iterdir())  # one folder, no staging left beside it
+        assert (kept / "options.json").is_file()
+    after = subprocess.run(command("c"), env=env, capture_output=True, text=True, timeout=300)
+    assert after.returncode == 0 and "one-time" not in after.stderr, after.stderr
