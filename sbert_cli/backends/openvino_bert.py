@@ -140,7 +140,7 @@ class OpenVinoBert:
         def finish_oldest() -> None:
             request, rows, mask = in_flight.popleft()
             request.wait()
-            out[rows] = self._pooled(request.get_output_tensor(0).data, mask)  # read before the request is started again
+            out[rows] = pooled(request.get_output_tensor(0).data, mask, self.target, self.pools_in_numpy)  # before the request runs again
             idle.append(request)
             after_batch(len(rows))
 
@@ -160,11 +160,12 @@ class OpenVinoBert:
                 request.wait()
         return len(batches)
 
-    def _pooled(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        target = self.target
-        if self.pools_in_numpy:
-            return numpy_pooling.sentence_vectors(hidden, mask, target.pooling, target.head_layers)
-        import torch
 
-        with torch.inference_mode():
-            return sentence_vectors(torch.from_numpy(hidden), torch.from_numpy(mask), target.pooling, target.head).numpy()
+def pooled(hidden: np.ndarray, mask: np.ndarray, target: Target, in_numpy: bool) -> np.ndarray:
+    """A batch's sentence vectors from OpenVINO's token states: in numpy, or (a Dense head) through torch."""
+    if in_numpy:
+        return numpy_pooling.sentence_vectors(hidden, mask, target.pooling, target.head_layers)
+    import torch
+
+    with torch.inference_mode():
+        return sentence_vectors(torch.from_numpy(hidden), torch.from_numpy(mask), target.pooling, target.head).numpy()
