@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from sbert_cli.errors import InputDataError
+from sbert_cli.io.arrow_arrays import bool_array, id_array, numeric_array
 from sbert_cli.io.writers import EmbeddingWriter, WriterSpec, output_errors
 
 
@@ -23,18 +23,18 @@ class ParquetWriter(EmbeddingWriter):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        id_array = _id_array(pa, ids, self._id_type, self.rows)
-        arrays = [id_array, embedding_array(self.form.store(vectors), self.dtype)]
+        ids_column = id_array(ids, self._id_type, self.rows)
+        arrays = [ids_column, embedding_array(self.form.store(vectors), self.dtype)]
         names = ["id", "embedding"]
         if self.spec.stats_max_length is not None and n_tokens is not None:
             counts = np.asarray(n_tokens, dtype=np.int32)
-            arrays += [pa.array(counts), pa.array(counts > self.spec.stats_max_length)]
+            arrays += [numeric_array(counts), bool_array(counts > self.spec.stats_max_length)]
             names += ["n_tokens", "truncated"]
         table = pa.Table.from_arrays(arrays, names=names)
         with output_errors(self.spec.path, self.spec.on_failure):
             metadata = {**self.spec.metadata, **self.form.metadata()}  # int8/uint8 ranges are known from the first window on
             if self._writer is None:
-                self._id_type = id_array.type
+                self._id_type = ids_column.type
                 self._writer = pq.ParquetWriter(self._temp, table.schema.with_metadata(metadata), **vector_column_options(names))
             self._writer.write_table(table.replace_schema_metadata(metadata))
         self.rows += len(ids)
@@ -63,16 +63,5 @@ def embedding_array(vectors: np.ndarray, dtype: Any) -> Any:
     (float, halffloat, int8 or uint8; width is dim, or dim / 8 packed)."""
     import pyarrow as pa
 
-    values = pa.array(np.ascontiguousarray(vectors, dtype=np.dtype(dtype)).reshape(-1))
+    values = numeric_array(np.ascontiguousarray(vectors, dtype=np.dtype(dtype)).reshape(-1))
     return pa.FixedSizeListArray.from_arrays(values, vectors.shape[1])
-
-
-def _id_array(pa: Any, ids: list[Any], id_type: Any, first_row: int) -> Any:
-    try:
-        return pa.array(ids, type=id_type)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-        kinds = sorted({type(value).__name__ for value in ids})
-        raise InputDataError(
-            f"ids from row {first_row} on mix types ({', '.join(kinds)}) or differ from earlier ids ({id_type}); "
-            "use an id column of one type"
-        ) from None
