@@ -144,3 +144,18 @@ def test_a_model_that_cannot_be_written_prepared_by_two_runs_at_once(tmp_path: P
         assert (kept / "options.json").is_file()
     after = subprocess.run(command("c"), env=env, capture_output=True, text=True, timeout=300)
     assert after.returncode == 0 and "one-time" not in after.stderr, after.stderr
+
+
+def test_openvino_is_imported_without_its_converter_and_converts_all_the_same() -> None:
+    pytest.importorskip("openvino", reason="the OpenVINO backend is not installed")
+    code = (
+        "import sys\n"
+        "from sbert_cli.backends.openvino_runtime import openvino_runtime\n"
+        "openvino = openvino_runtime()\n"
+        "print('converter loaded:', 'openvino.tools.ovc' in sys.modules, openvino.Core is not None)\n"
+        "from openvino.tools.ovc import convert_model\n"
+        "print('converter after:', callable(convert_model))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["converter loaded: False True", "converter after: True"]

@@ -15,6 +15,7 @@ from sbert_cli.backends import numpy_pooling
 from sbert_cli.backends.base import Target
 from sbert_cli.backends.bert import bert_supported
 from sbert_cli.backends.openvino_export import converted_model
+from sbert_cli.backends.openvino_runtime import openvino_runtime
 from sbert_cli.backends.pooling import sentence_vectors
 from sbert_cli.errors import ModelError, SbertError, UsageError, first_line
 from sbert_cli.model.derived import derived_key, user_cache
@@ -111,8 +112,7 @@ class OpenVinoBert:
     def _compiled(cls, model: ModelDescription, target: Target) -> OpenVinoBert | None:
         """The model converted (once) and compiled for the target; None where its checkpoint is not one file sbert's
         BERT reads; a ModelError where OpenVINO fails on it."""
-        import openvino
-
+        openvino = openvino_runtime()
         config = {
             "INFERENCE_PRECISION_HINT": "bf16" if target.precision == "bf16" else "f32",
             "PERFORMANCE_HINT": "THROUGHPUT",

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from sbert_cli.backends.bert import TorchLinears, bert_from_checkpoint
+from sbert_cli.backends.openvino_runtime import openvino_runtime
 from sbert_cli.backends.weights import checkpoint_file
 from sbert_cli.model.derived import OPENVINO_CONVERSIONS, derived_roots, find_derived, write_derived
 from sbert_cli.model.description import ModelDescription
@@ -20,8 +21,7 @@ def conversion_options(model: ModelDescription) -> dict[str, Any]:
     (its file's name, size and modification time) and the config. Any change makes a new conversion."""
     from importlib.metadata import version
 
-    import openvino
-
+    openvino = openvino_runtime()
     weights = checkpoint_file(model.layout.transformer_dir)
     identity = None
     if weights is not None:
@@ -68,6 +68,7 @@ def trace_openvino(model: ModelDescription) -> Any:
     """sbert's BERT at fp32 on plain torch products, traced into an OpenVINO model with dynamic rows and tokens."""
     import openvino
     import torch
+    from openvino.tools.ovc import convert_model  # not openvino.convert_model: openvino_runtime leaves it out
 
     # Query, key and value as three products: the pattern OpenVINO fuses into its attention kernel (one product split
     # in three cost a copy of each).
@@ -83,4 +84,4 @@ def trace_openvino(model: ModelDescription) -> Any:
     inputs = [("input_ids", [-1, -1], openvino.Type.i32), ("attention_mask", [-1, -1], openvino.Type.boolean)]
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the tracer's notes on Python values it treats as constants (none vary here)
-        return openvino.convert_model(TokenStates(), example_input=example, input=inputs)
+        return convert_model(TokenStates(), example_input=example, input=inputs)
