@@ -181,7 +181,7 @@ def encode(
             ray=ray,
         )
         job.refuse_overwrites()
-        rejected = _encode_with_ray(job, quiet) if ray is not None else _encode_locally(job, quiet, verbose)
+        rejected = _encode_with_ray(job, quiet, verbose) if ray is not None else _encode_locally(job, quiet, verbose)
     if rejected:
         raise typer.Exit(EXIT_WITH_REJECTS)
 
@@ -220,16 +220,14 @@ def _notice(quiet: bool, bar: Any = None) -> Callable[[str], None]:
     return lambda message: typer.echo(message, err=True)
 
 
-def _encode_with_ray(job: EncodeJob, quiet: bool) -> int:
+def _encode_with_ray(job: EncodeJob, quiet: bool, verbose: bool) -> int:
     from sbert_cli.ray_engine import plan_ray_job, run_ray_job
     from sbert_cli.report import ray_summary_line
     from sbert_cli.words import plural
 
     assert job.ray is not None
     plan = plan_ray_job(job)
-    if not quiet:
-        typer.echo(f"sbert: encoding {plural(len(plan.inputs), 'file')} with {plural(plan.workers, 'worker')} on {plan.where(job.ray)}", err=True)
-    result = run_ray_job(job, plan)
+    result = run_ray_job(job, plan, _notice(quiet), verbose)  # says what it encodes, and where, once Ray is there
     if not quiet:
         typer.echo(ray_summary_line(result, job.output.shown), err=True)
     return result.rejected

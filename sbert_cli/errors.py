@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 EXIT_WITH_REJECTS = 3  # the run completed, but some rows went to the rejects file instead of the output
+EXIT_CLUSTER = 4  # --engine ray: the cluster could not be reached, or was lost mid-run; the same command can be run again
 
 
 class SbertError(Exception):
@@ -27,6 +28,13 @@ class ModelError(SbertError):
 
 class OutputError(SbertError):
     """The output cannot be written."""
+
+
+class ClusterError(SbertError):
+    """The Ray cluster cannot be reached, refuses the run, or was lost during it: the same command (with --resume
+    after a run that published something) is worth running again once it is back."""
+
+    exit_code = EXIT_CLUSTER
 
 
 class CacheError(SbertError):

@@ -54,6 +54,7 @@ class RayOptions:
     workers: int | None = None
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
+    model_is_path: bool = False  # --model named a folder on the driver: every node must have it at the same (absolute) path
 
 
 @dataclass(frozen=True)
@@ -134,8 +135,8 @@ def input_spec(
     if path == STDIN:
         spec = InputSpec(path, detect_format(path, format), text_column, id_column, quoting=quoting, encoding=encoding)
     else:
-        files, fmt = expand_input(path, format)
-        spec = InputSpec(path, fmt, text_column, id_column, files, quoting=quoting, encoding=encoding)
+        files, fmt, root = expand_input(path, format)
+        spec = InputSpec(path, fmt, text_column, id_column, files, quoting=quoting, encoding=encoding, root=root)
     _check_text_options(spec)
     return spec
 

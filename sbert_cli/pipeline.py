@@ -18,6 +18,7 @@ from sbert_cli.io.output import open_output
 from sbert_cli.io.readers import BadRow, Extent, Record, iter_rows, split_window
 from sbert_cli.plan import BatchPlan
 from sbert_cli.progress import Progress, ProgressTracker
+from sbert_cli.repeated_ids import RepeatedIds, repeated_error
 from sbert_cli.stats import EncodeStats
 from sbert_cli.threads import BackgroundSink, prefetch
 
@@ -72,7 +73,7 @@ def run_encode(job: EncodeJob, model_opener: Callable[[ModelOptions], ModelHandl
             plan = job.plan.for_device(handle.info.device)
             stats = encode_rows(
                 iter_rows(job.input, extent), source=source, sink=sink, plan=plan, skip_bad_rows=job.skip_bad_rows, hooks=hooks, extent=extent,
-                input_name=job.input.name,
+                input_name=job.input.name, repeats=RepeatedIds() if job.input.id_column is not None else None,
             )
             if stats.rows + stats.rejected + stats.resumed_rows == 0:
                 if not job.allow_empty:
@@ -98,14 +99,18 @@ def encode_rows(
     hooks: Hooks,
     extent: Extent,
     input_name: str = "input",
+    repeats: RepeatedIds | None = None,
 ) -> EncodeStats:
     """Stream rows through the model into the sink, shard by shard; memory holds a few windows, never the input.
 
     A bad row fails the run unless `skip_bad_rows`, when it goes to the sink's rejects. Shards the sink
-    already has (a resumed run) are read past without tokenizing or encoding.
+    already has (a resumed run) are read past without tokenizing or encoding. `repeats`: ids checked for
+    repeats over the whole input (resumed shards' rows included), which fail the run unless `skip_bad_rows`.
     """
     stats = EncodeStats()
-    windows = _windows(rows, source=source, sink=sink, plan=plan, skip_bad_rows=skip_bad_rows, stats=stats, extent=extent, input_name=input_name)
+    windows = _windows(
+        rows, source=source, sink=sink, plan=plan, skip_bad_rows=skip_bad_rows, stats=stats, extent=extent, input_name=input_name, repeats=repeats
+    )
     tracker = ProgressTracker(hooks.progress, extent)
     writer = BackgroundSink(sink)
     try:
@@ -128,6 +133,8 @@ def encode_rows(
         raise
     stats.stage_seconds["write"] = writer.seconds
     stats.shards_written, stats.shards_resumed = writer.shards_written, writer.shards_resumed
+    if repeats is not None and repeats.count:
+        stats.repeated_ids = repeats.shown()
     if stats.unaccounted:  # the accounting rule: a run that lost a row fails before it publishes anything
         raise InputDataError(
             f"{input_name}: {stats.read_rows} rows read, but {stats.rows} written, {stats.rejected} rejected and "
@@ -163,7 +170,7 @@ def _encode_window(
 
 def _windows(
     rows: Iterable[Record | BadRow], *, source: ModelSource, sink: Sink, plan: BatchPlan, skip_bad_rows: bool, stats: EncodeStats, extent: Extent,
-    input_name: str,
+    input_name: str, repeats: RepeatedIds | None,
 ) -> Iterator[_Window]:
     """Windows of rows that never span two shards, each prepared up to its forward pass."""
     iterator = iter_windows(rows, plan.chunk_size, key=lambda item: sink.shard_of(item.row))
@@ -178,6 +185,11 @@ def _windows(
         if lost is not None:
             raise InputDataError(f"{input_name}: the reader skipped or repeated row {lost}; nothing more was published")
         stats.read_rows += len(window)
+        if repeats is not None:
+            good = [item for item in window if isinstance(item, Record)]
+            found = repeats.add([record.id for record in good])
+            if found and not skip_bad_rows:
+                raise repeated_error(input_name, repeats, (good[found[0]].row, good[found[0]].id))
         position = extent.now()
         shard = sink.shard_of(window[0].row)
         if shard in sink.done:

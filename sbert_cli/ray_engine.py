@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
-import logging
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sbert_cli.errors import SbertError, UsageError, first_line
-from sbert_cli.io.manifest import create_layout
+from sbert_cli import errors
+from sbert_cli.errors import ClusterError, SbertError, UsageError, first_line
+from sbert_cli.io.output import open_output
 from sbert_cli.io.paths import DirectoryLayout
-from sbert_cli.io.publish import spool_dir
-from sbert_cli.io.storage import StorePath, arrow_filesystem, aws_environment, is_url, location, move
+from sbert_cli.io.publish import TEMPORARY_MARK
+from sbert_cli.io.storage import StorePath, arrow_filesystem, aws_environment, move
 from sbert_cli.job import EncodeJob, RayOptions
+from sbert_cli.ray_tasks import EncodeBatches, read_files, window_rows
+from sbert_cli.words import plural
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,7 @@ class RayResult:
     rejected: int
     shards: int
     seconds: float
+    repeated_ids: str | None = None  # --id-column ids that repeat, kept under --on-error skip
 
 
 def plan_resources(options: RayOptions, cores: int) -> int:
@@ -39,80 +42,6 @@ def plan_resources(options: RayOptions, cores: int) -> int:
             f"with one for reading, and this machine has {cores}; pass --workers {max(1, fitting)}"
         )
     return workers
-
-
-def read_files(batch: Any, job: EncodeJob, several: bool) -> Iterator[Any]:
-    """Ray task: read whole files with sbert's own readers, yielding windows of (id, text); rejects go to files."""
-    import pyarrow as pa
-
-    from sbert_cli.batching import iter_windows
-    from sbert_cli.io.readers import iter_rows, split_window
-    from sbert_cli.io.writers import RejectsWriter
-
-    rejects_dir = DirectoryLayout.at(job.output.path).rejects
-    spool = spool_dir(job.output.path) if is_url(job.output.path) else None  # a store's rejects are uploaded from here
-    if spool is not None:
-        spool.mkdir(exist_ok=True)
-    for path in batch.column("path").to_pylist():
-        spec = replace(job.input, path=path, files=())  # one file, read as the job says (columns, quoting, encoding)
-        rejects = RejectsWriter(str(rejects_dir / f"{_file_key(path)}.rejects.jsonl"), spool)
-        try:
-            for window in iter_windows(iter_rows(spec), window_rows(job)):
-                good, bad = split_window(window, job.skip_bad_rows)
-                rejects.add(bad)
-                if not good:
-                    continue
-                # Without an id column, ids are row numbers, prefixed with the file's name when there are several.
-                ids = [record.id if spec.id_column or not several else f"{location(path).name}:{record.row}" for record in good]
-                yield pa.table({"id": ids, "text": [record.text for record in good]})
-            rejects.finish()
-        except BaseException:
-            rejects.abort()
-            raise
-
-
-def window_rows(job: EncodeJob) -> int:
-    """Rows a read task yields at a time and an actor encodes at a time: --chunk-size, or auto for the actors' device."""
-    assert job.ray is not None
-    from sbert_cli.plan import device_kind
-
-    device = "cuda" if job.ray.gpus_per_worker else device_kind(job.model.device)
-    return job.plan.for_device(device).chunk_size or 1
-
-
-def _file_key(path: str) -> str:
-    """A rejects file name per input: its stem plus a short hash of the full path (two folders may share stems)."""
-    return f"{location(path).stem}-{hashlib.sha256(str(location(path).resolve()).encode()).hexdigest()[:8]}"
-
-
-class EncodeBatches:
-    """Ray actor: loads the model once, then encodes each block with sbert's batching and pooling."""
-
-    def __init__(self, job: EncodeJob) -> None:
-        from sbert_cli.embedding import model_source
-        from sbert_cli.io.compact import VectorForm
-        from sbert_cli.io.sinks import describe_vectors
-
-        assert job.ray is not None
-        self.job = job
-        # On a CPU the forward pass gets the actor's share of cores, not the node's (ignored on a GPU).
-        self.source = model_source(replace(job.model, threads=max(1, int(job.ray.cpus_per_worker))), None)
-        self.source.encoder()  # loaded once, when the actor starts
-        info = self.source.info
-        self.plan = job.plan.for_device(info.device)
-        # int8/uint8 need --calibration here (job.EncodeJob says so): every actor scales by the file's ranges.
-        self.form = VectorForm.for_output(job.output.dtype, job.output.calibration, info.dim)
-        self.metadata = describe_vectors(info, job.output.dtype) | self.form.metadata()
-
-    def __call__(self, table: Any) -> Any:
-        import pyarrow as pa
-
-        from sbert_cli.embedding import embed_texts
-        from sbert_cli.io.parquet_out import embedding_array
-
-        vectors = embed_texts(table.column("text").to_pylist(), self.source, self.plan)
-        result = pa.table({"id": table.column("id"), "embedding": embedding_array(self.form.store(vectors), self.form.numpy_dtype)})
-        return result.replace_schema_metadata(self.metadata)
 
 
 @dataclass(frozen=True)
@@ -136,38 +65,62 @@ def plan_ray_job(job: EncodeJob) -> RayPlan:
     return RayPlan(tuple(file.path for file in job.input.files), plan_resources(job.ray, cores), cores)
 
 
-def run_ray_job(job: EncodeJob, plan: RayPlan) -> RayResult:
-    """Read -> encode (an actor pool) -> Parquet shards in the output directory; raises SbertError for user mistakes."""
+def run_ray_job(job: EncodeJob, plan: RayPlan, notice: Callable[[str], None] = lambda message: None, verbose: bool = False) -> RayResult:
+    """Read -> encode (an actor pool) -> Parquet shards in the output directory; raises SbertError for user mistakes
+    and for a cluster that cannot be reached or is lost (one line each)."""
     import time
 
     try:
-        import ray
+        import ray  # noqa: F401
     except ImportError:
         raise UsageError("--engine ray needs Ray: pip install 'sbert-cli[ray]'") from None
+    from sbert_cli.ray_cluster import ray_session
+
     assert job.ray is not None
+    job = for_workers(job)
     layout = DirectoryLayout.at(job.output.path)
-    create_layout(layout)
-    if any(layout.data.iterdir()):
-        raise UsageError(f"{layout.data}: is not empty; --engine ray writes into an empty directory")
     started = time.perf_counter()
-    owns_ray = not ray.is_initialized()
-    if owns_ray:
-        target = {"num_cpus": plan.cores} if job.ray.address is None else {"address": job.ray.address}
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR, **target)
-    try:
-        _write_dataset(job, plan, layout)
-    except Exception as error:  # Ray wraps a worker's exception; ours carries the one-line message
-        cause = _sbert_cause(error)
-        if cause is not None:
-            raise cause from None
-        raise
-    finally:
-        if owns_ray:
-            ray.shutdown()
+    # The output held as the local engine holds it (a lock, or a lease in a store), and a killed run's leftovers
+    # removed; then Ray started or joined.
+    with open_output(job.output, job.run_settings, notice), ray_session(job.ray.address, plan.cores, verbose, notice) as watch:
+        if any(name for name in _names(layout.data)):
+            raise UsageError(f"{layout.data}: is not empty; --engine ray writes into an empty directory")
+        notice(f"sbert: encoding {plural(len(plan.inputs), 'file')} with {plural(plan.workers, 'worker')} on {plan.where(job.ray)}")
+        try:
+            repeated = _write_dataset(job, plan, layout)
+        except KeyboardInterrupt:
+            if watch.lost:
+                raise ClusterError(
+                    f"the Ray cluster at {job.ray.address} stopped answering mid-run; nothing of this run was published "
+                    "(its staged files are removed); run the same command again once the cluster is back"
+                ) from None
+            raise
+        except Exception as error:  # Ray wraps a worker's exception; ours carries the one-line message
+            raise worker_error(error) from None
     shards = sorted(layout.data.glob("*.parquet"))  # type: ignore[type-var]
     rows = sum(_parquet_rows(shard) for shard in shards)
     rejected = sum(path.read_text(encoding="utf-8").count("\n") for path in layout.rejects.glob("*.rejects.jsonl"))
-    return RayResult(rows=rows, rejected=rejected, shards=len(shards), seconds=time.perf_counter() - started)
+    return RayResult(rows=rows, rejected=rejected, shards=len(shards), seconds=time.perf_counter() - started, repeated_ids=repeated)
+
+
+def for_workers(job: EncodeJob) -> EncodeJob:
+    """The job as workers on other machines take it: a model folder by its absolute path (a worker's working
+    directory is not the driver's), marked as a path, so a node without it says so."""
+    import os
+    from dataclasses import replace
+
+    assert job.ray is not None
+    model = job.model.model
+    if not os.path.isdir(model):
+        return job
+    return replace(job, model=replace(job.model, model=os.path.abspath(model)), ray=replace(job.ray, model_is_path=True))
+
+
+def _names(folder: Path | StorePath) -> list[str]:
+    """What the output directory holds, bar sbert's own temporaries (the next run's to remove)."""
+    if not folder.exists():
+        return []
+    return [path.name for path in folder.iterdir() if TEMPORARY_MARK not in path.name]
 
 
 def _parquet_rows(path: Path | StorePath) -> int:
@@ -177,22 +130,18 @@ def _parquet_rows(path: Path | StorePath) -> int:
     return int(pq.read_metadata(where, filesystem=filesystem).num_rows)
 
 
-def _write_dataset(job: EncodeJob, plan: RayPlan, layout: DirectoryLayout) -> None:
+def _write_dataset(job: EncodeJob, plan: RayPlan, layout: DirectoryLayout) -> str | None:
     import ray
     import ray.data
 
     assert job.ray is not None
-    # Ray logs a worker's failure with its whole traceback; sbert reports it in one line instead, and
-    # Ray's full logs stay in its session directory (/tmp/ray/session_latest/logs).
-    for name in ("ray", "ray.data"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
     ray.data.DataContext.get_current().enable_progress_bars = False
     dataset = ray.data.from_items([{"path": path} for path in plan.inputs])
     # Reading stays a task of its own (its CPU share differs from the actors', so Ray does not fuse the
     # two): its blocks then spread over all actors, even when the input is one large file.
     # Workers reach a store with the driver's AWS settings (endpoint, region, credentials), whatever started them.
     remote = {"runtime_env": {"env_vars": environment}} if (environment := aws_environment()) else {}
-    read_kwargs = {"job": job, "several": len(plan.inputs) > 1}
+    read_kwargs = {"job": job}
     dataset = dataset.map_batches(read_files, batch_size=1, batch_format="pyarrow", fn_kwargs=read_kwargs, num_cpus=0.5, **remote)
     dataset = dataset.map_batches(
         EncodeBatches,
@@ -207,13 +156,51 @@ def _write_dataset(job: EncodeJob, plan: RayPlan, layout: DirectoryLayout) -> No
     # Ray writes each file in place, so it writes them into a staging folder of the state folder, and each
     # is published under its final name only once all are written: the output never holds a partial file.
     staging = layout.state / "staging"
+    remove_staging(staging)  # what a killed run staged (the output is held: no live run's)
     filesystem, target = arrow_filesystem(staging)
     where = {"filesystem": filesystem} if filesystem is not None else {}
-    dataset.write_parquet(target, ray_remote_args=remote, **where, **_rows_per_file(dataset, job.shard_rows))
-    for written in sorted(staging.glob("*.parquet")):  # type: ignore[type-var]
-        move(written, layout.data / written.name)
-    if staging.exists():
-        staging.rmdir()
+    try:
+        dataset.write_parquet(target, ray_remote_args=remote, **where, **_rows_per_file(dataset, job.shard_rows))
+        staged = sorted(staging.glob("*.parquet"))  # type: ignore[type-var]
+        repeated = _repeated_ids(job, staged)
+        for written in staged:
+            move(written, layout.data / written.name)
+    finally:
+        remove_staging(staging)  # a failed run's staged files go; a successful one's folder is empty by now
+    return repeated
+
+
+def remove_staging(staging: Path | StorePath) -> None:
+    """The staging folder (prefix) and whatever it holds."""
+    import shutil
+
+    if isinstance(staging, StorePath):
+        filesystem, where = arrow_filesystem(staging)
+        try:
+            filesystem.delete_dir(where)
+        except OSError:
+            pass  # absent
+        return
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _repeated_ids(job: EncodeJob, staged: list[Path | StorePath]) -> str | None:
+    """--id-column ids that repeat across the whole output, read back from the staged files (the id column only)
+    before any is published: under --on-error fail the run fails as the local engine's does, publishing nothing."""
+    import pyarrow.parquet as pq
+
+    from sbert_cli.repeated_ids import RepeatedIds, repeated_error
+
+    if job.input.id_column is None:
+        return None  # row ids (path:row) are unique by construction
+    repeats = RepeatedIds()
+    for path in staged:
+        filesystem, where = arrow_filesystem(path)
+        for batch in pq.ParquetFile(where, filesystem=filesystem).iter_batches(columns=["id"]):
+            repeats.add(batch.column(0).to_pylist())
+    if repeats.count and not job.skip_bad_rows:
+        raise repeated_error(job.input.name, repeats)
+    return repeats.shown() if repeats.count else None
 
 
 def _rows_per_file(dataset: Any, shard_rows: int) -> dict[str, int]:
@@ -222,6 +209,31 @@ def _rows_per_file(dataset: Any, shard_rows: int) -> dict[str, int]:
 
     parameters = inspect.signature(dataset.write_parquet).parameters
     return {"max_rows_per_file": shard_rows} if "max_rows_per_file" in parameters else {"min_rows_per_file": shard_rows}
+
+
+def worker_error(error: BaseException) -> BaseException:
+    """A failure inside Ray as one line: sbert's own error from a task or actor, a worker that cannot import sbert,
+    or else Ray's first line."""
+    cause = _sbert_cause(error)
+    if cause is not None:
+        return cause
+    text = str(error)
+    if "No module named 'sbert_cli" in text:
+        node = re.search(r"ip=([0-9a-fA-F.:]+)", text)
+        where = f"on Ray node {node.group(1)}" if node else "on a Ray node"
+        return ClusterError(
+            f"a Ray worker {where} cannot import sbert (No module named 'sbert_cli'); install it there too "
+            "(pip install 'sbert-cli[ray]' on every node, or the same image for every node)"
+        )
+    if isinstance(error, SbertError):
+        return error
+    # An actor whose constructor raised dies; Ray carries the error back as text only.
+    raised = re.search(r"sbert_cli\.errors\.(\w+): (.+)", text)
+    if raised is not None:
+        kind = getattr(errors, raised.group(1), None)
+        if isinstance(kind, type) and issubclass(kind, SbertError):
+            return kind(raised.group(2).strip())
+    return ClusterError(f"the Ray job failed: {first_line(error)}; Ray's logs are in its session folder (/tmp/ray/session_latest/logs)")
 
 
 def _sbert_cause(error: BaseException) -> SbertError | None:

@@ -22,6 +22,8 @@ def summary_line(stats: EncodeStats, info: ModelInfo, *, where: str, rejects: st
     parts = [f"sbert: {plural(stats.rows, 'row')}"]
     if stats.rejected:
         parts.append(f"{stats.rejected} rejected -> {rejects}")
+    if stats.repeated_ids:
+        parts.append(stats.repeated_ids)
     if sharded:
         shards = f"{plural(stats.shards_written, 'shard')} encoded"
         if stats.shards_resumed:  # only a resumed run has anything to say here
@@ -48,6 +50,8 @@ def ray_summary_line(result: RayResult, where: str) -> str:
     parts = [f"sbert: {plural(result.rows, 'row')}"]
     if result.rejected:
         parts.append(f"{result.rejected} rejected -> {DirectoryLayout.at(where).rejects}/")
+    if result.repeated_ids:
+        parts.append(result.repeated_ids)
     parts += [plural(result.shards, "shard"), f"{result.seconds:.1f} s", f"{result.rows / max(result.seconds, 1e-9):.1f} rows/s -> {where}"]
     return ", ".join(parts)
 

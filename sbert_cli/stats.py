@@ -31,6 +31,7 @@ class EncodeStats:
     one_time_seconds: float = 0.0  # a one-time step of the model's load (its conversion): not the rows' time
     seconds: float = 0.0
     nothing_to_do: bool = False
+    repeated_ids: str | None = None  # --id-column ids that repeat (--on-error skip keeps their rows), as the summary says it
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
 
     @property

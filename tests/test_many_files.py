@@ -83,13 +83,25 @@ def test_a_split_input_reads_as_the_whole(tmp_path: Path, fake_encoder: FakeEnco
     assert result.exit_code == code, result.output
     ids, vectors = read_output(tmp_path / "from-split.parquet", "")
     whole_ids, whole_vectors = read_output(tmp_path / "from-whole.parquet", "")
-    assert ids == whole_ids and ids == sorted(ids) and len(set(ids)) == len(ids)  # ids: row numbers over all files
+    # The whole file's ids are its row numbers; the split's, each row's file below the input's root and its row there.
+    path_ids = split_ids(tmp_path / "split", files, cuts, fmt)
+    assert ids == [path_ids[row] for row in whole_ids] and len(set(ids)) == len(ids)
     np.testing.assert_array_equal(vectors, whole_vectors)
     if fmt != "parquet":
         rejects = read_rejects(tmp_path / "from-split.parquet.rejects.jsonl")
         expected = read_rejects(tmp_path / "from-whole.parquet.rejects.jsonl")
-        assert [(r["row"], r["id"], r["reason"]) for r in rejects] == [(r["row"], r["id"], r["reason"]) for r in expected]
+        assert [(r["row"], r["id"], r["reason"]) for r in rejects] == [(r["row"], path_ids[r["id"]], r["reason"]) for r in expected]
         assert [r["where"] for r in rejects] == [_where(files, cuts, fmt, r["row"]) for r in expected]
+
+
+def split_ids(root: Path, files: list[Path], cuts: tuple[int, ...], fmt: str) -> list[str]:
+    """Every data row's id in the split input, in order: '<path below root>:<row in its file>' (Parquet holds good rows only)."""
+    bounds = [0, *cuts, len(LINES)]
+    ids = []
+    for path, (start, end) in zip(files, pairwise(bounds)):
+        count = sum(map(_good, LINES[start:end])) if fmt == "parquet" else end - start
+        ids += [f"{path.relative_to(root).as_posix()}:{row}" for row in range(count)]
+    return ids
 
 
 def _where(files: list[Path], cuts: tuple[int, ...], fmt: str, row: int) -> str:
@@ -116,7 +128,7 @@ def test_files_are_read_one_after_another(tmp_path: Path) -> None:
     opened = []
     for record in iter_rows(spec):
         opened.append(len(os.listdir("/proc/self/fd")) - before)
-        assert record.id == record.row
+        assert record.id == f"part-{record.row // 3:03d}.jsonl:{record.row % 3}"
     assert len(opened) == 120 and max(opened) <= 1
     assert [record.text for record in iter_rows(spec)][:4] == ["0-0", "0-1", "0-2", "1-0"]
 
@@ -151,7 +163,7 @@ def test_an_empty_file_among_many_holds_no_rows(tmp_path: Path, fake_encoder: Fa
     write_rows(tmp_path / "in" / "c.csv", "csv", LINES[2:4])
     result = run("encode", tmp_path / "in", "-o", "-", "-q")
     assert result.exit_code == 0, result.output
-    assert [json.loads(line)["id"] for line in result.stdout.splitlines()] == [0, 1, 2, 3]
+    assert [json.loads(line)["id"] for line in result.stdout.splitlines()] == ["a.csv:0", "a.csv:1", "c.csv:0", "c.csv:1"]
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,14 @@
-"""--engine ray on a local 2-CPU Ray: the same ids and vectors as --engine local, every row exactly once."""
+"""--engine ray on a real three-node Ray cluster on 127.0.0.1 (one CPU a node) and on a local Ray: the same ids and
+vectors as --engine local, every row exactly once, each cluster failure one line, nothing left behind."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +18,7 @@ import pytest
 
 from sbert_cli.similarity import cosine_rows
 from tests.conftest import sample_texts
+from tests.ray_cluster import LOOPBACK_ENV, ROOT, RayCluster
 from tests.test_cli import error_of, run
 from tests.test_datasets import assert_readers_see
 from tests.test_unattended import EXPECTED_REJECTS, MIXED_LINES
@@ -19,12 +26,37 @@ from tests.test_unattended import EXPECTED_REJECTS, MIXED_LINES
 pytestmark = pytest.mark.ray
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray = pytest.importorskip("ray", reason="the Ray tests need the extra: pip install -e '.[ray]' (make test-ray)")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+@pytest.fixture(scope="module", autouse=True)
+def loopback():
+    """Ray on loopback only, for every process these tests start (the CLI runs in this one)."""
+    saved = {name: os.environ.get(name) for name in LOOPBACK_ENV}
+    os.environ.update(LOOPBACK_ENV)
     yield
-    ray.shutdown()
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture(scope="module")
+def cluster(loopback):
+    """A head and two worker nodes, one CPU each, shared by this module's tests (about 10 s to start)."""
+    pytest.importorskip("ray", reason="the Ray tests need the extra: pip install -e '.[ray]' (make test-ray)")
+    started = RayCluster(3)
+    yield started
+    started.close()
+
+
+@pytest.fixture
+def on_cluster(cluster) -> list[str]:
+    """The options that run a job on the shared cluster."""
+    return ["--engine", "ray", "--ray-address", cluster.address, "--workers", "2"]
+
+
+def spools() -> set[str]:
+    """The spool folders on this machine: a run must leave none of its own."""
+    return {name for name in os.listdir(tempfile.gettempdir()) if name.startswith("sbert-spool-")}
 
 
 def texts_for(count: int, salt: str) -> list[str]:
@@ -51,7 +83,7 @@ def assert_same(ray_vectors: dict, local_vectors: dict) -> None:
     assert cosines.min() >= 0.99999
 
 
-def test_directory_of_parquet_shards(local_ray, tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_directory_of_parquet_shards(on_cluster, tmp_path: Path, tiny_model_dir: Path) -> None:
     shards = tmp_path / "shards"
     shards.mkdir()
     local: dict = {}
@@ -62,10 +94,7 @@ def test_directory_of_parquet_shards(local_ray, tmp_path: Path, tiny_model_dir: 
         out = tmp_path / f"local-{index}.parquet"
         assert run("encode", path, "-o", out, "--model", tiny_model_dir, "--id-column", "key", "-q").exit_code == 0
         local.update(read_file(out))
-    result = run(
-        "encode", shards, "-o", tmp_path / "ray-out", "--engine", "ray", "--model", tiny_model_dir,
-        "--id-column", "key", "--chunk-size", "10", "--shard-rows", "40",
-    )
+    result = run("encode", shards, "-o", tmp_path / "ray-out", *on_cluster, "--model", tiny_model_dir, "--id-column", "key", "--chunk-size", "10", "--shard-rows", "40")
     assert result.exit_code == 0, result.output
     vectors = read_dir(tmp_path / "ray-out")
     assert len(vectors) == 100
@@ -76,7 +105,8 @@ def test_directory_of_parquet_shards(local_ray, tmp_path: Path, tiny_model_dir: 
     assert "sbert: 100 rows, " in result.stderr
 
 
-def test_one_jsonl_file_gets_row_number_ids(local_ray, tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_one_jsonl_file_gets_row_number_ids(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """On a local Ray of sbert's own (no --ray-address)."""
     source = tmp_path / "in.jsonl"
     source.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts_for(60, "行")), encoding="utf-8")
     assert run("encode", source, "-o", tmp_path / "local.parquet", "--model", tiny_model_dir, "-q").exit_code == 0
@@ -87,13 +117,14 @@ def test_one_jsonl_file_gets_row_number_ids(local_ray, tmp_path: Path, tiny_mode
     assert_same(vectors, read_file(tmp_path / "local.parquet"))
 
 
-def test_bad_rows_follow_on_error(local_ray, tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_bad_rows_follow_on_error(on_cluster, tmp_path: Path, tiny_model_dir: Path) -> None:
     source = tmp_path / "mixed.jsonl"
     source.write_text("\n".join(MIXED_LINES) + "\n", encoding="utf-8")
-    common = ["encode", source, "--engine", "ray", "--model", tiny_model_dir, "--id-column", "id", "-q"]
+    common = ["encode", source, *on_cluster, "--model", tiny_model_dir, "--id-column", "id", "-q"]
     failed = run(*common, "-o", tmp_path / "fail-out")
     assert failed.exit_code == 1
     assert error_of(failed) == f"sbert: error: {source}:2: 'text' is null"
+    assert not (tmp_path / "fail-out").exists() and not (tmp_path / "fail-out.sbert").exists()  # nothing left behind
     skipped = run(*common, "-o", tmp_path / "skip-out", "--on-error", "skip")
     assert skipped.exit_code == 3, skipped.output
     written = read_dir(tmp_path / "skip-out")
@@ -124,7 +155,7 @@ def test_too_many_workers_for_a_local_ray(tmp_path: Path, tiny_model_dir: Path, 
     )
 
 
-def test_from_a_store_prefix_into_a_store(local_ray, bucket, tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_from_a_store_prefix_into_a_store(on_cluster, bucket, tmp_path: Path, tiny_model_dir: Path) -> None:
     """Ray's tasks read the objects with sbert's readers and Ray writes the shards through the same filesystem:
     staged in the state prefix, each published under its final name only once all are written."""
     local: dict = {}
@@ -137,8 +168,9 @@ def test_from_a_store_prefix_into_a_store(local_ray, bucket, tmp_path: Path, tin
         assert run("encode", tmp_path / f"part-{index}.jsonl", "-o", out, "--model", tiny_model_dir, "--id-column", "key", "-q").exit_code == 0
         local.update(read_file(out))
     bucket.put("in/_SUCCESS", b"")
+    before = spools()
     result = run(
-        "encode", bucket.url("in/"), "-o", bucket.url("ray-out/"), "--engine", "ray", "--model", tiny_model_dir,
+        "encode", bucket.url("in/"), "-o", bucket.url("ray-out/"), *on_cluster, "--model", tiny_model_dir,
         "--id-column", "key", "--chunk-size", "10", "--shard-rows", "25",
     )
     assert result.exit_code == 0, result.output
@@ -149,3 +181,145 @@ def test_from_a_store_prefix_into_a_store(local_ray, bucket, tmp_path: Path, tin
     assert all(key.startswith("ray-out/") and key.endswith(".parquet") for key in bucket.listing("ray-out"))
     assert bucket.fs.get_file_info(f"{bucket.name}/ray-out.sbert/staging").type.name == "NotFound"
     assert "sbert: 60 rows, " in result.stderr
+    assert spools() <= before  # no empty spool folder on the driver or the nodes (one machine here)
+
+
+def write_partitions(root: Path, sizes: dict[str, int]) -> dict[str, list[str]]:
+    """Hive-partitioned JSON lines with repeated part names and mixed sizes: {relative path: texts}."""
+    written = {}
+    for relative, count in sizes.items():
+        texts = texts_for(count, relative.replace("/", "-"))
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
+        written[relative] = texts
+    return written
+
+
+PARTITIONS = {"day=1/part-0.jsonl": 37, "day=1/part-1.jsonl": 3, "day=2/part-0.jsonl": 61, "day=2/hour=5/part-0.jsonl": 1, "day=3/part-0.jsonl": 18}
+
+
+def test_partitioned_input_ids_equal_the_local_engines(on_cluster, bucket, tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Part files of one name in different partitions: every id distinct, '<path below the input>:<row>', the same
+    on both engines, from a bucket into a bucket; no spool folder left."""
+    written = write_partitions(tmp_path / "in", PARTITIONS)
+    for relative in written:
+        bucket.put(f"in/{relative}", (tmp_path / "in" / relative).read_bytes())
+    local = run("encode", tmp_path / "in", "-o", tmp_path / "local.parquet", "--model", tiny_model_dir, "-q")
+    assert local.exit_code == 0, local.output
+    expected = read_file(tmp_path / "local.parquet")
+    assert sorted(expected) == sorted(f"{relative}:{row}" for relative, texts in written.items() for row in range(len(texts)))
+    before = spools()
+    result = run("encode", bucket.url("in/"), "-o", bucket.url("vectors/"), *on_cluster, "--model", tiny_model_dir, "--chunk-size", "16")
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(f"{bucket.name}/vectors", filesystem=bucket.fs)
+    ids = table.column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == sum(PARTITIONS.values())
+    assert_same(dict(zip(ids, np.asarray(table.column("embedding").to_pylist(), dtype=np.float32))), expected)
+    assert spools() <= before
+    assert not [key for key in bucket.listing() if "staging" in key]
+
+
+def test_repeated_ids_fail_or_are_counted(on_cluster, tmp_path: Path, tiny_model_dir: Path) -> None:
+    """--id-column ids that repeat across files: --on-error fail stops (nothing published on Ray; locally nothing
+    after the repeat), skip keeps the rows and the summary counts them; both engines."""
+    for name, keys in {"a.jsonl": ["x", "y", "z"], "b.jsonl": ["y", "w", "x", "y"]}.items():
+        (tmp_path / "in").mkdir(exist_ok=True)
+        (tmp_path / "in" / name).write_text("".join(json.dumps({"id": k, "text": f"{k}{i}"}) + "\n" for i, k in enumerate(keys)), encoding="utf-8")
+    common = ["encode", tmp_path / "in", "--model", tiny_model_dir, "--id-column", "id"]
+    ray_failed = run(*common, "-o", tmp_path / "ray-fail", *on_cluster)
+    assert ray_failed.exit_code == 1
+    assert error_of(ray_failed) == (
+        f"sbert: error: {tmp_path / 'in'}: 3 rows repeat an earlier row's id ('y', 'x'); ids must be unique: fix the input, "
+        "or pass --on-error skip to keep the rows and count the repeats"
+    )
+    assert not (tmp_path / "ray-fail").exists()
+    local_failed = run(*common, "-o", tmp_path / "local-fail.parquet")
+    assert local_failed.exit_code == 1
+    assert error_of(local_failed) == (
+        f"sbert: error: {tmp_path / 'in'}: row 3: id 'y' repeats an earlier row's; ids must be unique: fix the input, "
+        "or pass --on-error skip to keep the rows and count the repeats"
+    )
+    for engine, out in ((on_cluster, "ray-skip"), ([], "local-skip.parquet")):
+        kept = run(*common, "-o", tmp_path / out, "--on-error", "skip", *engine)
+        assert kept.exit_code == 0, kept.output
+        assert "7 rows, 3 rows repeat an earlier row's id ('y', 'x')" in kept.stderr
+
+
+def test_an_address_where_nothing_answers(tmp_path: Path, tiny_model_dir: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"text": "好"}\n', encoding="utf-8")
+    started = time.monotonic()
+    result = run("encode", source, "-o", tmp_path / "out", "--engine", "ray", "--ray-address", "127.0.0.1:1", "--model", tiny_model_dir)
+    assert time.monotonic() - started < 30
+    assert result.exit_code == 4
+    assert error_of(result) == (
+        "sbert: error: --ray-address 127.0.0.1:1: nothing answers there after 20 s; start it (ray start --head) or pass the address `ray start` printed"
+    )
+    assert result.stderr.count("\n") == 1  # the error line alone
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.sbert").exists()
+
+
+def test_a_running_cluster_named_by_none(cluster, tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ray start` records its cluster for the machine; a run without --ray-address says so and starts its own Ray
+    (Ray would refuse ray.init(num_cpus=...) with a traceback)."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="sr", dir="/tmp"))  # short: Ray's socket paths live under it
+    (ray_tmp / "ray").mkdir()
+    (ray_tmp / "ray" / "ray_current_cluster").write_text(cluster.address)  # what `ray start --head` writes
+    monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp))
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"text": "好"}\n{"text": "坏"}\n', encoding="utf-8")
+    result = run("encode", source, "-o", tmp_path / "out", "--engine", "ray", "--model", tiny_model_dir)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines()[0] == (
+        f"sbert: a Ray cluster is running at {cluster.address}; this run starts a local Ray of its own "
+        f"(pass --ray-address {cluster.address} to run on that one)"
+    )
+    assert "Traceback" not in result.stderr
+    assert sorted(read_dir(tmp_path / "out")) == [0, 1]
+
+
+def sbert_child(*args: object, env: dict[str, str] | None = None, drop: tuple[str, ...] = ()) -> subprocess.Popen:
+    """The command as a user runs it, in a process of its own (a lost cluster must not take the test with it)."""
+    environment = {name: value for name, value in {**os.environ, **LOOPBACK_ENV, **(env or {})}.items() if name not in drop}
+    return subprocess.Popen(
+        [sys.executable, "-m", "sbert_cli", *map(str, args)], cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def test_authentication_refused(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """A cluster that wants a token the run does not have: one line within seconds, not 20 s of retries."""
+    token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0123456789abcdef" * 4}
+    guarded = RayCluster(1, env=token)
+    try:
+        source = tmp_path / "in.jsonl"
+        source.write_text('{"text": "好"}\n', encoding="utf-8")
+        started = time.monotonic()
+        child = sbert_child(
+            "encode", source, "-o", tmp_path / "out", "--engine", "ray", "--ray-address", guarded.address, "--model", tiny_model_dir,
+            env={"HOME": str(tmp_path)}, drop=tuple(token),  # no token, and no ~/.ray/auth_token either
+        )
+        _, stderr = child.communicate(timeout=120)
+        assert time.monotonic() - started < 30
+    finally:
+        guarded.close()
+    assert child.returncode == 4, stderr
+    assert stderr.splitlines() == [
+        f"sbert: error: the Ray cluster at {guarded.address} refused this run's authentication token; set RAY_AUTH_TOKEN "
+        "(or ~/.ray/auth_token) to the cluster's token (ray get-auth-token on the head)"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_the_workers_cannot_load(on_cluster, tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Named once, with the node, whatever the number of actors that fail."""
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"text": "好"}\n', encoding="utf-8")
+    missing = tmp_path / "model"
+    missing.mkdir()  # the driver has it (empty here); the workers look for the model there
+    result = run("encode", source, "-o", tmp_path / "out", *on_cluster, "--model", missing)
+    assert result.exit_code == 1
+    line = error_of(result)
+    assert line.startswith(f"sbert: error: on Ray node 127.0.0.1: ") and str(missing) in line, line
+    assert result.stderr.count("sbert: error:") == 1
+    assert not (tmp_path / "out").exists()

@@ -49,27 +49,28 @@ def is_glob(pattern: str) -> bool:
     return any(char in pattern for char in GLOB_CHARS)
 
 
-def expand_input(pattern: str, explicit: str | None) -> tuple[tuple[InputFile, ...], str]:
-    """INPUT's files in sorted-path order and their one format.
+def expand_input(pattern: str, explicit: str | None) -> tuple[tuple[InputFile, ...], str, str | None]:
+    """INPUT's files in sorted-path order, their one format, and the root their ids are named from (None for a file
+    named exactly, whose ids are its row numbers).
 
     A file named exactly is read whatever its name. In a directory, prefix or glob, hidden files and folders (a
     name starting with '.' or '_': _SUCCESS, _committed_*, _metadata, .part-0.crc) and *.crc are skipped, and so is
     a file without a data extension unless --format says how to read every file.
     """
-    found, named = _store_files(pattern) if is_url(pattern) else _local_files(pattern)
-    if named:
-        return found, detect_format(found[0].path, explicit)
+    found, root = _store_files(pattern) if is_url(pattern) else _local_files(pattern)
+    if root is None:
+        return found, detect_format(found[0].path, explicit), None
     extensions = extension_formats()
     kept = [file for file in found if explicit is not None or PurePosixPath(file.path).suffix.lower() in extensions]
     if not kept:
         raise UsageError(f"{pattern}: holds no {named_extensions()} files; check the path, or pass --format to read other names")
     if explicit is not None:
-        return tuple(kept), explicit
+        return tuple(kept), explicit, root
     formats = {detect_format(file.path, None): file.path for file in kept}
     if len(formats) > 1:
         shown = ", ".join(f"{path} is {fmt}" for fmt, path in sorted(formats.items()))
         raise UsageError(f"{pattern}: holds files of more than one format ({shown}); pass a glob that selects one, e.g. '{pattern.rstrip('/')}/**/*.jsonl'")
-    return tuple(kept), next(iter(formats))
+    return tuple(kept), next(iter(formats)), root
 
 
 def _is_data(relative: tuple[str, ...]) -> bool:
@@ -81,23 +82,25 @@ def _path_key(path: str) -> tuple[str, ...]:
     return PurePosixPath(path.replace(os.sep, "/")).parts
 
 
-def _local_files(pattern: str) -> tuple[tuple[InputFile, ...], bool]:
+def _local_files(pattern: str) -> tuple[tuple[InputFile, ...], str | None]:
+    """The files, and the root of their ids: the directory, or a glob's folders before its first wildcard."""
     path = Path(pattern)
     if path.is_file():
-        return (_local_file(pattern),), True
+        return (_local_file(pattern),), None
+    root = pattern
     if path.is_dir():
         names = []
-        for root, folders, files in os.walk(path):
+        for folder, folders, files in os.walk(path):
             folders[:] = [name for name in folders if _is_data((name,))]  # hidden folders are not entered
-            names += [os.path.join(root, name) for name in files if _is_data((name,))]
+            names += [os.path.join(folder, name) for name in files if _is_data((name,))]
     elif is_glob(pattern):
-        base = _literal_base(pattern)
-        names = [name for name in glob.glob(pattern, recursive=True) if os.path.isfile(name) and _is_data(_relative(name, base))]
+        root = _literal_base(pattern)
+        names = [name for name in glob.glob(pattern, recursive=True) if os.path.isfile(name) and _is_data(_relative(name, root))]
     else:
         raise UsageError(f"{pattern}: no such file; check the path")
     if not names:
         raise UsageError(f"{pattern}: no files {'in this directory' if path.is_dir() else 'match'}; check the path")
-    return tuple(_local_file(name) for name in sorted(names, key=_path_key)), False
+    return tuple(_local_file(name) for name in sorted(names, key=_path_key)), root
 
 
 def _local_file(name: str) -> InputFile:
@@ -116,7 +119,7 @@ def _relative(name: str, base: str) -> tuple[str, ...]:
     return PurePosixPath(os.path.relpath(name, base).replace(os.sep, "/")).parts
 
 
-def _store_files(pattern: str) -> tuple[tuple[InputFile, ...], bool]:
+def _store_files(pattern: str) -> tuple[tuple[InputFile, ...], str | None]:
     """A key, every object under a prefix, or the objects a glob matches ('*' within a folder, '**' across)."""
     from pyarrow.fs import FileSelector, FileType
 
@@ -125,7 +128,7 @@ def _store_files(pattern: str) -> tuple[tuple[InputFile, ...], bool]:
     if not wildcard:
         info = root.info()
         if info.type == FileType.File:
-            return (_store_file(info),), True
+            return (_store_file(info),), None
     base = StorePath(PurePosixPath(_literal_base(str(root.posix)))) if wildcard else root
     with store_errors(pattern, UsageError):
         infos = root.fs.get_file_info(FileSelector(str(base.posix), recursive=True, allow_not_found=True))
@@ -138,7 +141,7 @@ def _store_files(pattern: str) -> tuple[tuple[InputFile, ...], bool]:
         root.require_bucket()
         what = "no objects match this pattern" if wildcard else "no such key, and no objects under this prefix"
         raise UsageError(f"{pattern}: {what} in bucket '{root.bucket}'; check the path")
-    return tuple(sorted(files, key=lambda file: _path_key(file.path))), False
+    return tuple(sorted(files, key=lambda file: _path_key(file.path))), str(base)
 
 
 def _store_file(info: Any) -> InputFile:
@@ -172,16 +175,31 @@ def reads(pattern: str, path: str) -> bool:
     return inside and _is_data(target.relative_to(base).parts)
 
 
+def relative_name(root: str, path: str) -> str:
+    """A file's path below the input's root, '/'-separated: 'day=1/part-0.jsonl'."""
+    if is_url(path):
+        return str(StorePath.parse(path).posix.relative_to(StorePath.parse(root).posix))
+    return "/".join(_relative(path, root))
+
+
+def row_id(root: str | None, path: str, row: int) -> Any:
+    """The id of a file's data row `row` (0-based in that file) without --id-column, on every engine: the row
+    number for a file named alone; '<path below the root>:<row>' for the files of a directory, prefix or glob,
+    which two files of the same name in different partitions cannot share."""
+    return row if root is None else f"{relative_name(root, path)}:{row}"
+
+
 def chain_files(
-    files: tuple[InputFile, ...], read: Callable[[InputFile, Extent], Iterator[Fields | BadRow]], extent: Extent, row_ids: bool
+    files: tuple[InputFile, ...], read: Callable[[InputFile, Extent], Iterator[Fields | BadRow]], extent: Extent, root: str | None
 ) -> Iterator[Fields | BadRow]:
     """Every file's rows in turn, numbered on across files; a file is opened once the one before is done.
 
-    `row_ids`: ids are row numbers (no id column), so a bad row's id is renumbered with it. Progress counts the
-    bytes of the files done plus the share read of the current one. An empty file (an empty partition) holds no rows.
+    `root`: without an id column, each row's id is row_id's, from its row in its own file (None: an id column
+    names ids). Progress counts the bytes of the files done plus the share read of the current one. An empty file
+    (an empty partition) holds no rows.
     """
     if len(files) == 1:
-        yield from read(files[0], extent)
+        yield from (_named(item, root, files[0].path, 0) for item in read(files[0], extent))
         return
     done = [0]
     current: list[Any] = [Extent(), 0]
@@ -195,12 +213,17 @@ def chain_files(
         count = 0
         for item in read(file, current[0]):
             count = item.row + 1
-            if offset:
-                item = replace(item, row=item.row + offset, id=item.row + offset) if row_ids and isinstance(item, BadRow) else replace(item, row=item.row + offset)
-            yield item
+            yield _named(item, root, file.path, offset)
         offset += count
         done[0] += file.size
         current[:] = [Extent(), 0]
+
+
+def _named(item: Fields | BadRow, root: str | None, path: str, offset: int) -> Fields | BadRow:
+    """A file's row renumbered across the input, with its id from its own file when there is no id column."""
+    if root is None:
+        return replace(item, row=item.row + offset) if offset else item
+    return replace(item, row=item.row + offset, id=row_id(root, path, item.row))
 
 
 def _share(inner: Extent, size: int) -> int:

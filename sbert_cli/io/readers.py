@@ -41,6 +41,12 @@ class InputSpec:
     files: tuple[InputFile, ...] = ()
     quoting: Quoting = "auto"  # auto: CSV's fields may be quoted, a TSV's quotes are text
     encoding: str = "utf-8"  # of CSV, TSV and JSON lines files
+    root: str | None = None  # a directory, prefix or glob's base: ids without --id-column are path:row (inputs.row_id)
+
+    @property
+    def row_ids_root(self) -> str | None:
+        """The root rows' ids are named from, when ids are not an id column's."""
+        return self.root if self.id_column is None else None
 
     @property
     def name(self) -> str:
@@ -66,7 +72,7 @@ def iter_rows(spec: InputSpec, extent: Extent | None = None) -> Iterator[Record 
             yield item
             continue
         text = item.values[0]
-        record_id: Any = item.row
+        record_id: Any = item.row if item.id is None else item.id
         if spec.id_column is not None:
             record_id = item.values[1]
             problem = f"no field '{spec.id_column}'" if record_id is MISSING else _id_problem(record_id)
@@ -90,7 +96,7 @@ def _input_fields(spec: InputSpec, extent: Extent) -> Iterator[Fields | BadRow]:
     if not spec.files:
         return iter_fields(spec.table, extent)
     table = spec.table
-    return chain_files(spec.files, lambda file, inner: iter_fields(replace(table, path=file.path), inner), extent, spec.id_column is None)
+    return chain_files(spec.files, lambda file, inner: iter_fields(replace(table, path=file.path), inner), extent, spec.row_ids_root)
 
 
 def split_window(window: list[Record | BadRow], skip_bad_rows: bool) -> tuple[list[Record], list[BadRow]]:

@@ -42,6 +42,7 @@ class Fields:
     row: int
     where: str
     values: tuple[Any, ...]
+    id: Any = None  # the row's id when there is no id column and it is not the row number (a file of many: path:row)
 
 
 @dataclass(frozen=True)
