@@ -221,13 +221,17 @@ def _notice(quiet: bool, bar: Any = None) -> Callable[[str], None]:
 
 
 def _encode_with_ray(job: EncodeJob, quiet: bool, verbose: bool) -> int:
-    from sbert_cli.ray_engine import plan_ray_job, run_ray_job
+    from sbert_cli.ray_engine import plan_ray_job
+    from sbert_cli.ray_supervisor import run_supervised
     from sbert_cli.report import ray_summary_line
-    from sbert_cli.words import plural
 
     assert job.ray is not None
     plan = plan_ray_job(job)
-    result = run_ray_job(job, plan, _notice(quiet), verbose)  # says what it encodes, and where, once Ray is there
+    result = run_supervised(job, plan, _notice(quiet), verbose)  # says what it encodes, and where, once Ray is there
+    if result.nothing_to_do:
+        if not quiet:
+            typer.echo(f"sbert: {job.output.shown} is complete; nothing to do", err=True)
+        return 0
     if not quiet:
         typer.echo(ray_summary_line(result, job.output.shown), err=True)
     return result.rejected

@@ -103,10 +103,8 @@ class EncodeJob:
         if self.resume and self.overwrite:
             raise UsageError("--resume finishes an earlier run and --overwrite removes it; pass one of them")
         if self.ray is not None:
-            if self.resume or self.with_stats or self.cache:
-                raise UsageError("--engine ray writes a fresh directory: --resume, --with-stats and --cache need --engine local")
-            if self.overwrite:
-                raise UsageError("--engine ray writes into an empty directory: --overwrite needs --engine local")
+            if self.with_stats or self.cache:
+                raise UsageError("--with-stats and --cache need --engine local")
             if self.allow_empty:
                 raise UsageError("--allow-empty needs --engine local: Ray writes no shard for an empty input")
             if output.kind != "directory":

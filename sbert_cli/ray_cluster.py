@@ -105,7 +105,12 @@ def quiet_ray(verbose: bool) -> Iterator[None]:
 
 
 def _quiet_loggers(verbose: bool) -> None:
+    import warnings
+
     import ray.data  # noqa: F401  (Ray Data sets up its loggers when imported: after that, or it undoes this)
+
+    if not verbose:
+        warnings.filterwarnings("ignore", module=r"ray\.")  # tuning advice about Ray's own pools
 
     for name in ("ray", "ray.data", "ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.CRITICAL)

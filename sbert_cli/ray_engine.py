@@ -10,9 +10,11 @@ from typing import Any
 
 from sbert_cli import errors
 from sbert_cli.errors import ClusterError, SbertError, UsageError, first_line
+from sbert_cli.io.manifest import Manifest, identify_input, load_manifest, prepare_directory, save_manifest
 from sbert_cli.io.output import open_output
 from sbert_cli.io.paths import DirectoryLayout
-from sbert_cli.io.publish import TEMPORARY_MARK
+from sbert_cli.ray_rounds import Round, finished_rounds, how_far, listed_rounds, next_shard_number, plan_rounds, recorded_options, round_bytes, shard_entry
+from sbert_cli.repeated_ids import RepeatedIds, repeated_error
 from sbert_cli.io.storage import StorePath, arrow_filesystem, aws_environment, move
 from sbert_cli.job import EncodeJob, RayOptions
 from sbert_cli.ray_tasks import EncodeBatches, read_files, window_rows
@@ -26,6 +28,10 @@ class RayResult:
     shards: int
     seconds: float
     repeated_ids: str | None = None  # --id-column ids that repeat, kept under --on-error skip
+    resumed_rows: int = 0  # rows an earlier run published (--resume)
+    rounds: int = 0
+    rounds_before: int = 0  # rounds an earlier run finished
+    nothing_to_do: bool = False  # --resume on a complete output
 
 
 def plan_resources(options: RayOptions, cores: int) -> int:
@@ -66,8 +72,9 @@ def plan_ray_job(job: EncodeJob) -> RayPlan:
 
 
 def run_ray_job(job: EncodeJob, plan: RayPlan, notice: Callable[[str], None] = lambda message: None, verbose: bool = False) -> RayResult:
-    """Read -> encode (an actor pool) -> Parquet shards in the output directory; raises SbertError for user mistakes
-    and for a cluster that cannot be reached or is lost (one line each)."""
+    """Read -> encode (an actor pool) -> Parquet shards in the output directory, round by round (ray_rounds), each
+    published and recorded once whole; raises SbertError for user mistakes and for a cluster that cannot be reached
+    or is lost (one line each)."""
     import time
 
     try:
@@ -78,29 +85,122 @@ def run_ray_job(job: EncodeJob, plan: RayPlan, notice: Callable[[str], None] = l
 
     assert job.ray is not None
     job = for_workers(job)
-    layout = DirectoryLayout.at(job.output.path)
     started = time.perf_counter()
-    # The output held as the local engine holds it (a lock, or a lease in a store), and a killed run's leftovers
-    # removed; then Ray started or joined.
-    with open_output(job.output, job.run_settings, notice), ray_session(job.ray.address, plan.cores, verbose, notice) as watch:
-        if any(name for name in _names(layout.data)):
-            raise UsageError(f"{layout.data}: is not empty; --engine ray writes into an empty directory")
-        notice(f"sbert: encoding {plural(len(plan.inputs), 'file')} with {plural(plan.workers, 'worker')} on {plan.where(job.ray)}")
+    # The output held as the local engine holds it (a lock, or a lease in a store), a killed run's leftovers removed,
+    # and what an earlier run finished read from its manifest; then Ray started or joined.
+    with open_output(job.output, job.run_settings, notice) as output:
+        progress = _Progress.of(job, output)
+        if progress.manifest.complete:
+            return RayResult(0, 0, 0, 0.0, nothing_to_do=True)
         try:
-            repeated = _write_dataset(job, plan, layout)
-        except KeyboardInterrupt:
-            if watch.lost:
-                raise ClusterError(
-                    f"the Ray cluster at {job.ray.address} stopped answering mid-run; nothing of this run was published "
-                    "(its staged files are removed); run the same command again once the cluster is back"
-                ) from None
-            raise
-        except Exception as error:  # Ray wraps a worker's exception; ours carries the one-line message
-            raise worker_error(error) from None
-    shards = sorted(layout.data.glob("*.parquet"))  # type: ignore[type-var]
-    rows = sum(_parquet_rows(shard) for shard in shards)
+            with ray_session(job.ray.address, plan.cores, verbose, notice) as watch:
+                notice(f"sbert: encoding {plural(len(plan.inputs), 'file')} with {plural(plan.workers, 'worker')} on {plan.where(job.ray)}")
+                try:
+                    progress.run(job, plan, output.check)
+                except KeyboardInterrupt:
+                    if watch.lost:
+                        raise ClusterError(
+                            f"the Ray cluster at {job.ray.address} stopped answering mid-run; {how_far(job, progress.layout, progress.manifest)}"
+                        ) from None
+                    raise
+                except Exception as error:  # Ray wraps a worker's exception; ours carries the one-line message
+                    raise worker_error(error) from None
+        finally:
+            progress.forget_if_empty()
+    layout = progress.layout
     rejected = sum(path.read_text(encoding="utf-8").count("\n") for path in layout.rejects.glob("*.rejects.jsonl"))
-    return RayResult(rows=rows, rejected=rejected, shards=len(shards), seconds=time.perf_counter() - started, repeated_ids=repeated)
+    return RayResult(
+        rows=progress.rows_now, rejected=rejected, shards=progress.shards_now, seconds=time.perf_counter() - started,
+        repeated_ids=progress.repeats.shown() if progress.repeats.count else None, resumed_rows=progress.rows_before,
+        rounds=len(progress.rounds), rounds_before=len(progress.done_before),
+    )
+
+
+class _Progress:
+    """A Ray run's rounds against the output's manifest: which are done, and publishing the rest one by one."""
+
+    def __init__(self, job: EncodeJob, layout: DirectoryLayout, manifest: Manifest, rounds: list[Round], done: set[int]) -> None:
+        self.layout, self.manifest, self.rounds, self.done_before = layout, manifest, rounds, frozenset(done)
+        self.done = set(done)
+        self.rows_before = sum(entry.rows for entry in manifest.shards)
+        self.rows_now = self.shards_now = 0
+        self.repeats = RepeatedIds()
+        if job.input.id_column is not None:  # the ids published before count against this run's
+            for entry in manifest.shards:
+                self.repeats.add(_ids(layout.data / entry.file))
+
+    @classmethod
+    def of(cls, job: EncodeJob, output: Any) -> _Progress:
+        layout = output.layout
+        size = round_bytes()
+        listed = listed_rounds(output.earlier)
+        manifest = prepare_directory(layout, output.earlier, identify_input(job.input.files), recorded_options(job, size), job.resume, job.overwrite)
+        rounds = plan_rounds(job.input.files, size)
+        done = finished_rounds(rounds, listed, manifest)
+        for path in layout.data.glob("part-*.parquet"):  # a round redone whole: its surviving shards go first
+            if path.name not in {entry.file for entry in manifest.shards}:
+                path.unlink()
+        return cls(job, layout, manifest, rounds, done)
+
+    def run(self, job: EncodeJob, plan: RayPlan, check: Callable[[], None]) -> None:
+        for round_ in self.rounds:
+            if round_.index in self.done:
+                continue
+            files = plan.inputs[round_.first:round_.end]
+            staged = _write_dataset(job, plan, self.layout, files)
+            try:
+                counts = [_parquet_rows(path) for path in staged]
+                if job.input.id_column is not None:
+                    for path in staged:
+                        self.repeats.add(_ids(path))
+                    if self.repeats.count and not job.skip_bad_rows:
+                        raise repeated_error(job.input.name, self.repeats)
+                check()  # still this run's output (a store's lease), before anything is published
+                number = next_shard_number(self.manifest)
+                for offset, (path, rows) in enumerate(zip(staged, counts)):
+                    final = self.layout.data / f"part-{number + offset:05d}.parquet"
+                    move(path, final)
+                    self.manifest.shards.append(shard_entry(final, round_, rows))
+            finally:
+                remove_staging(self.layout.state / "staging")
+            save_manifest(self.layout, self.manifest)  # the round is recorded only once all its shards are published
+            self.done.add(round_.index)
+            self.rows_now += sum(counts)
+            self.shards_now += len(staged)
+        check()
+        self.manifest.complete = True
+        save_manifest(self.layout, self.manifest)
+
+    def forget_if_empty(self) -> None:
+        """A run that published nothing leaves no manifest, so the output's folders go too (open_output)."""
+        if not self.manifest.shards and not self.manifest.complete:
+            self.layout.manifest.unlink(missing_ok=True)
+
+
+def clean_after_driver(job: EncodeJob) -> None:
+    """What a driver that Ray ended left: its staging folder, and a manifest (and folders) that list nothing."""
+    import os
+
+    layout = DirectoryLayout.at(job.output.path)
+    with open_output(job.output, job.run_settings, lambda message: None):
+        remove_staging(layout.state / "staging")
+        manifest = load_manifest(layout.manifest)
+        if manifest is None or manifest.shards:
+            return
+        layout.manifest.unlink(missing_ok=True)
+        if isinstance(layout.data, Path):
+            for folder in (layout.rejects, layout.state, layout.data):
+                try:
+                    os.rmdir(folder)  # type: ignore[arg-type]
+                except OSError:
+                    pass  # not empty: a rejects file or the lock; left as the local engine leaves them
+
+
+def _ids(path: Path | StorePath) -> list[Any]:
+    import pyarrow.parquet as pq
+
+    filesystem, where = arrow_filesystem(path)
+    return pq.read_table(where, columns=["id"], filesystem=filesystem).column("id").to_pylist()
 
 
 def for_workers(job: EncodeJob) -> EncodeJob:
@@ -116,13 +216,6 @@ def for_workers(job: EncodeJob) -> EncodeJob:
     return replace(job, model=replace(job.model, model=os.path.abspath(model)), ray=replace(job.ray, model_is_path=True))
 
 
-def _names(folder: Path | StorePath) -> list[str]:
-    """What the output directory holds, bar sbert's own temporaries (the next run's to remove)."""
-    if not folder.exists():
-        return []
-    return [path.name for path in folder.iterdir() if TEMPORARY_MARK not in path.name]
-
-
 def _parquet_rows(path: Path | StorePath) -> int:
     import pyarrow.parquet as pq
 
@@ -130,13 +223,14 @@ def _parquet_rows(path: Path | StorePath) -> int:
     return int(pq.read_metadata(where, filesystem=filesystem).num_rows)
 
 
-def _write_dataset(job: EncodeJob, plan: RayPlan, layout: DirectoryLayout) -> str | None:
+def _write_dataset(job: EncodeJob, plan: RayPlan, layout: DirectoryLayout, files: tuple[str, ...]) -> list[Path | StorePath]:
+    """One round's files read, encoded and written as Parquet into the state folder's staging folder; returns them."""
     import ray
     import ray.data
 
     assert job.ray is not None
     ray.data.DataContext.get_current().enable_progress_bars = False
-    dataset = ray.data.from_items([{"path": path} for path in plan.inputs])
+    dataset = ray.data.from_items([{"path": path} for path in files])
     # Reading stays a task of its own (its CPU share differs from the actors', so Ray does not fuse the
     # two): its blocks then spread over all actors, even when the input is one large file.
     # Workers reach a store with the driver's AWS settings (endpoint, region, credentials), whatever started them.
@@ -161,13 +255,24 @@ def _write_dataset(job: EncodeJob, plan: RayPlan, layout: DirectoryLayout) -> st
     where = {"filesystem": filesystem} if filesystem is not None else {}
     try:
         dataset.write_parquet(target, ray_remote_args=remote, **where, **_rows_per_file(dataset, job.shard_rows))
-        staged = sorted(staging.glob("*.parquet"))  # type: ignore[type-var]
-        repeated = _repeated_ids(job, staged)
-        for written in staged:
-            move(written, layout.data / written.name)
-    finally:
-        remove_staging(staging)  # a failed run's staged files go; a successful one's folder is empty by now
-    return repeated
+    except BaseException:
+        remove_staging(staging)
+        raise
+    return sorted(staging.glob("*.parquet"))  # type: ignore[type-var]
+
+
+def remove_staging(staging: Path | StorePath) -> None:
+    """The staging folder (prefix) and whatever it holds."""
+    import shutil
+
+    if isinstance(staging, StorePath):
+        filesystem, where = arrow_filesystem(staging)
+        try:
+            filesystem.delete_dir(where)
+        except OSError:
+            pass  # absent
+        return
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def remove_staging(staging: Path | StorePath) -> None:

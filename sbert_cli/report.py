@@ -52,7 +52,10 @@ def ray_summary_line(result: RayResult, where: str) -> str:
         parts.append(f"{result.rejected} rejected -> {DirectoryLayout.at(where).rejects}/")
     if result.repeated_ids:
         parts.append(result.repeated_ids)
-    parts += [plural(result.shards, "shard"), f"{result.seconds:.1f} s", f"{result.rows / max(result.seconds, 1e-9):.1f} rows/s -> {where}"]
+    shards = f"{plural(result.shards, 'shard')} encoded"
+    if result.rounds_before:  # a resumed run: what it did again and what it took as done
+        shards += f", {result.rounds_before} of {plural(result.rounds, 'round')} already done ({plural(result.resumed_rows, 'row')})"
+    parts += [shards, f"{result.seconds:.1f} s", f"{result.rows / max(result.seconds, 1e-9):.1f} rows/s -> {where}"]
     return ", ".join(parts)
 
 

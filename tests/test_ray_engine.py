@@ -323,3 +323,70 @@ def test_a_model_the_workers_cannot_load(on_cluster, tmp_path: Path, tiny_model_
     assert line.startswith(f"sbert: error: on Ray node 127.0.0.1: ") and str(missing) in line, line
     assert result.stderr.count("sbert: error:") == 1
     assert not (tmp_path / "out").exists()
+
+
+def wait_for(condition, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {seconds:.0f} s for {what}"
+        time.sleep(0.2)
+
+
+def published_rounds(out: Path) -> int:
+    manifest = out.parent / f"{out.name}.sbert" / "manifest.json"
+    try:
+        return len({(entry["first_row"], entry["end_row"]) for entry in json.loads(manifest.read_text())["shards"]})
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def test_head_lost_then_resumed_on_a_new_cluster_that_loses_a_node(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The head killed mid-run: one line within about 30 s that says what is published and that --resume finishes;
+    the same command with --resume on a new cluster encodes only the rounds not published, and survives one of
+    its worker nodes killed mid-run; the rows are those of an uninterrupted (local) run."""
+    pytest.importorskip("ray", reason="the Ray tests need the extra: pip install -e '.[ray]' (make test-ray)")
+    sizes = {f"day={day}/part-0.jsonl": 30 + 7 * day for day in range(8)}
+    write_partitions(tmp_path / "in", sizes)
+    total = sum(sizes.values())
+    assert run("encode", tmp_path / "in", "-o", tmp_path / "local.parquet", "--model", tiny_model_dir, "-q").exit_code == 0
+    out = tmp_path / "out"
+    rounds = {"SBERT_RAY_ROUND_BYTES": "1"}  # a round a file: eight rounds
+    first = RayCluster(3)
+    try:
+        command = ["encode", tmp_path / "in", "-o", out, "--engine", "ray", "--ray-address", first.address, "--workers", "2", "--model", tiny_model_dir]
+        child = sbert_child(*command, env=rounds)
+        wait_for(lambda: published_rounds(out) >= 2 or child.poll() is not None, 120, "two rounds published")
+        assert child.poll() is None, child.communicate()[1]
+        first.kill_head()
+        killed = time.monotonic()
+        _, stderr = child.communicate(timeout=60)
+        assert time.monotonic() - killed < 30
+    finally:
+        first.close()
+    assert child.returncode == 4, stderr
+    line = stderr.strip().splitlines()[-1]
+    done = published_rounds(out)
+    published = sum(pq.read_metadata(path).num_rows for path in out.glob("part-*.parquet"))
+    assert line == (
+        f"sbert: error: the Ray cluster at {first.address} stopped answering mid-run; {done} of 8 rounds ({published} rows) are published "
+        f"in {out}; run the same command with --resume once the cluster is back to finish the rest"
+    )
+    assert "Traceback" not in stderr and 2 <= done < 8
+    assert not (tmp_path / "out.sbert" / "staging").exists()
+    second = RayCluster(3)
+    try:
+        command = ["encode", tmp_path / "in", "-o", out, "--engine", "ray", "--ray-address", second.address, "--workers", "1", "--model", tiny_model_dir, "--resume"]
+        child = sbert_child(*command, env=rounds)
+        wait_for(lambda: published_rounds(out) > done or child.poll() is not None, 120, "a round published")
+        second.kill_node()  # a worker node lost mid-run: Ray moves its work; the run goes on
+        _, stderr = child.communicate(timeout=300)
+    finally:
+        second.close()
+    assert child.returncode == 0, stderr
+    assert f"{done} of 8 rounds already done ({published} rows)" in stderr
+    assert f"sbert: {total - published} rows, " in stderr  # only what was not published is encoded again
+    vectors = read_dir(out)
+    assert len(vectors) == total
+    assert_same(vectors, read_file(tmp_path / "local.parquet"))
+    again = sbert_child(*command, env=rounds)
+    assert again.communicate(timeout=120)[1].strip() == f"sbert: {out} is complete; nothing to do"

@@ -1,0 +1,96 @@
+"""--engine ray's driver in a child process of the command: Ray ends a driver at once, from its C++ core, when the
+node it is attached to dies (a head killed mid-run), and no Python code runs after that; the command outlives it,
+cleans up and says in one line what is published and how to go on."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from typing import TYPE_CHECKING, Any
+
+from sbert_cli import errors
+from sbert_cli.errors import ClusterError, SbertError
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
+    from sbert_cli.job import EncodeJob
+    from sbert_cli.ray_engine import RayPlan, RayResult
+
+
+def run_supervised(job: EncodeJob, plan: RayPlan, notice: Any, verbose: bool) -> RayResult:
+    """run_ray_job in a spawned child (Ray is imported there only); its notices, result or error come back by a
+    pipe. A child that ends without either was ended by Ray: the line then says what the manifest holds."""
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_drive, args=(job, plan, verbose, send), name="sbert-ray-driver")
+    child.start()
+    send.close()
+    forward = {number: signal.signal(number, lambda signum, frame: os.kill(child.pid, signum)) for number in (signal.SIGTERM,)} \
+        if _main_thread() else {}
+    try:
+        while True:
+            try:
+                kind, *payload = receive.recv()
+            except EOFError:
+                break
+            if kind == "notice":
+                notice(payload[0])
+            elif kind == "result":
+                child.join()
+                return payload[0]  # type: ignore[no-any-return]
+            elif kind == "error":
+                child.join()
+                raise _rebuilt(*payload)
+        child.join()
+        raise _ended_by_ray(job, child.exitcode)
+    except KeyboardInterrupt:
+        child.join()  # Ctrl-C reached the child too: it stops, and its own line is the one that counts
+        raise
+    finally:
+        for number, handler in forward.items():
+            signal.signal(number, handler)
+        receive.close()
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _drive(job: EncodeJob, plan: RayPlan, verbose: bool, send: Connection) -> None:
+    from sbert_cli.ray_engine import run_ray_job
+
+    try:
+        result = run_ray_job(job, plan, lambda message: send.send(("notice", message)), verbose)
+    except SbertError as error:
+        send.send(("error", type(error).__name__, str(error), error.exit_code))
+        return
+    except KeyboardInterrupt:
+        send.send(("error", "Interrupted", "stopped by SIGINT", 130))
+        return
+    send.send(("result", result))
+
+
+def _rebuilt(kind: str, message: str, exit_code: int) -> SbertError:
+    error_type = getattr(errors, kind, SbertError)
+    error = error_type(message, exit_code) if error_type is errors.Interrupted else error_type(message)
+    error.exit_code = exit_code
+    return error  # type: ignore[no-any-return]
+
+
+def _ended_by_ray(job: EncodeJob, exit_code: int | None) -> ClusterError:
+    """What is published, from the manifest, once a killed driver's leftovers are removed."""
+    from sbert_cli.io.manifest import load_manifest
+    from sbert_cli.io.paths import DirectoryLayout
+    from sbert_cli.ray_engine import clean_after_driver
+    from sbert_cli.ray_rounds import how_far
+
+    assert job.ray is not None
+    layout = DirectoryLayout.at(job.output.path)
+    clean_after_driver(job)
+    where = f"the Ray cluster at {job.ray.address}" if job.ray.address else "the local Ray"
+    # Ray ends a driver so only when the node it is attached to, or the cluster, is gone.
+    return ClusterError(f"{where} stopped answering mid-run; {how_far(job, layout, load_manifest(layout.manifest))}")
