@@ -156,9 +156,9 @@ def encode(
     cache: CacheOption = None,
     engine: Annotated[Engine, typer.Option(rich_help_panel=RAY, help="ray: Ray Data actors over a file, directory or glob, into -o DIRECTORY.")] = "local",
     ray_address: Annotated[Optional[str], typer.Option(envvar="RAY_ADDRESS", rich_help_panel=RAY, help="Ray cluster to join (auto: the running one; default: a local Ray sized to this machine).")] = None,
-    workers: Annotated[Optional[int], typer.Option(min=1, rich_help_panel=RAY, help="Ray encoder actors (default: what fits, leaving a CPU for reading).")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, rich_help_panel=RAY, help="Ray encoder actors (default: what fits, leaving a CPU for reading; where CUDA shows several GPUs and no --ray-address is given, an actor per GPU, each reserving one: blocks of rows go to whichever actor is free).")] = None,
     cpus_per_worker: Annotated[float, typer.Option(min=0, rich_help_panel=RAY, help="CPUs each Ray actor reserves (and its torch threads).")] = 1.0,
-    gpus_per_worker: Annotated[float, typer.Option(min=0, rich_help_panel=RAY, help="GPUs each Ray actor reserves.")] = 0.0,
+    gpus_per_worker: Annotated[float, typer.Option(min=0, rich_help_panel=RAY, help="GPUs each Ray actor reserves (default 0, or 1 in the actor-per-GPU default).")] = 0.0,
 ) -> None:
     """Encode a file of texts into vectors, written in input order."""
     from sbert_cli.job import EncodeJob, RayOptions, input_spec, output_target

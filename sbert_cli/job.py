@@ -104,7 +104,7 @@ class EncodeJob:
             raise UsageError("--resume finishes an earlier run and --overwrite removes it; pass one of them")
         if self.ray is not None:
             if self.with_stats or self.cache:
-                raise UsageError("--with-stats and --cache need --engine local")
+                raise UsageError("--engine ray writes vectors only: --with-stats and --cache need --engine local")
             if self.allow_empty:
                 raise UsageError("--allow-empty needs --engine local: Ray writes no shard for an empty input")
             if output.kind != "directory":

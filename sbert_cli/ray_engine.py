@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,25 @@ def plan_resources(options: RayOptions, cores: int) -> int:
     return workers
 
 
+def per_gpu(options: RayOptions, gpus: int) -> RayOptions:
+    """Several GPUs on this machine, a local Ray and no --workers or --gpus-per-worker: an actor per GPU, each
+    reserving one (Ray gives each its own CUDA_VISIBLE_DEVICES), so the rows' blocks spread over every GPU. A
+    cluster's GPUs are not this machine's to count: there --workers and --gpus-per-worker say it."""
+    if options.address is not None or options.workers is not None or options.gpus_per_worker or gpus < 2:
+        return options
+    return replace(options, workers=gpus, gpus_per_worker=1.0)
+
+
+def visible_gpus() -> int:
+    """The GPUs CUDA shows this process (none without a CUDA build of torch)."""
+    try:
+        import torch
+
+        return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+    except Exception:  # a broken driver reads as no GPU: the run goes on on the CPU, as the local engine's would
+        return 0
+
+
 @dataclass(frozen=True)
 class RayPlan:
     """The files a Ray run reads and the actors it starts, decided before Ray starts."""
@@ -57,18 +76,32 @@ class RayPlan:
     inputs: tuple[str, ...]
     workers: int
     cores: int
+    options: RayOptions = RayOptions()  # --workers and --gpus-per-worker as planned (an actor per GPU by default)
 
     def where(self, options: RayOptions) -> str:
-        return options.address or f"a local Ray with {self.cores} CPUs"
+        gpus = f", an actor per GPU" if self.options.gpus_per_worker == 1 and options.workers is None and options.address is None else ""
+        return (options.address or f"a local Ray with {self.cores} CPUs") + gpus
 
 
-def plan_ray_job(job: EncodeJob) -> RayPlan:
+def plan_ray_job(job: EncodeJob, gpus: int | None = None) -> RayPlan:
     """The input's files (listed once, into the job) and the size of the actor pool."""
     from sbert_cli.model.device import available_cores
 
     assert job.ray is not None
     cores = available_cores()
-    return RayPlan(tuple(file.path for file in job.input.files), plan_resources(job.ray, cores), cores)
+    options = per_gpu(job.ray, visible_gpus() if gpus is None else gpus)
+    return RayPlan(tuple(file.path for file in job.input.files), plan_resources(options, cores), cores, options)
+
+
+def actor_pool(plan: RayPlan) -> dict[str, Any]:
+    """The encoder actors' pool and what each reserves, as map_batches takes them."""
+    import ray.data
+
+    return {
+        "compute": ray.data.ActorPoolStrategy(size=plan.workers),
+        "num_cpus": plan.options.cpus_per_worker,
+        "num_gpus": plan.options.gpus_per_worker or None,
+    }
 
 
 def run_ray_job(job: EncodeJob, plan: RayPlan, notice: Callable[[str], None] = lambda message: None, verbose: bool = False) -> RayResult:
@@ -84,7 +117,7 @@ def run_ray_job(job: EncodeJob, plan: RayPlan, notice: Callable[[str], None] = l
     from sbert_cli.ray_cluster import ray_session
 
     assert job.ray is not None
-    job = for_workers(job)
+    job = for_workers(replace(job, ray=replace(plan.options, model_is_path=False)))
     started = time.perf_counter()
     # The output held as the local engine holds it (a lock, or a lease in a store), a killed run's leftovers removed,
     # and what an earlier run finished read from its manifest; then Ray started or joined.
@@ -207,7 +240,6 @@ def for_workers(job: EncodeJob) -> EncodeJob:
     """The job as workers on other machines take it: a model folder by its absolute path (a worker's working
     directory is not the driver's), marked as a path, so a node without it says so."""
     import os
-    from dataclasses import replace
 
     assert job.ray is not None
     model = job.model.model
@@ -242,9 +274,7 @@ def _write_dataset(job: EncodeJob, plan: RayPlan, layout: DirectoryLayout, files
         fn_constructor_kwargs={"job": job},
         batch_size=window_rows(job),
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=plan.workers),
-        num_cpus=job.ray.cpus_per_worker,
-        num_gpus=job.ray.gpus_per_worker or None,
+        **actor_pool(plan),
         **remote,
     )
     # Ray writes each file in place, so it writes them into a staging folder of the state folder, and each

@@ -295,4 +295,4 @@ def test_ray_refuses_a_cache(tmp_path: Path) -> None:
     source = sample_input(tmp_path, ["一"])
     result = run("encode", source, "-o", tmp_path / "out", "--engine", "ray", "--cache", tmp_path / "c.sqlite")
     assert result.exit_code == 2
-    assert error_of(result) == "sbert: error: --engine ray writes a fresh directory: --resume, --with-stats and --cache need --engine local"
+    assert error_of(result) == "sbert: error: --engine ray writes vectors only: --with-stats and --cache need --engine local"

@@ -390,3 +390,60 @@ def test_head_lost_then_resumed_on_a_new_cluster_that_loses_a_node(tmp_path: Pat
     assert_same(vectors, read_file(tmp_path / "local.parquet"))
     again = sbert_child(*command, env=rounds)
     assert again.communicate(timeout=120)[1].strip() == f"sbert: {out} is complete; nothing to do"
+
+
+def test_an_actor_per_gpu_by_default() -> None:
+    """Several GPUs, a local Ray and no --workers: a worker per GPU reserving one; otherwise what was asked."""
+    from sbert_cli.job import RayOptions
+    from sbert_cli.ray_engine import per_gpu
+
+    assert per_gpu(RayOptions(), gpus=4) == RayOptions(workers=4, gpus_per_worker=1.0)
+    assert per_gpu(RayOptions(), gpus=1) == RayOptions()
+    assert per_gpu(RayOptions(workers=2), gpus=4) == RayOptions(workers=2)
+    assert per_gpu(RayOptions(gpus_per_worker=0.5), gpus=4) == RayOptions(gpus_per_worker=0.5)
+    assert per_gpu(RayOptions(address="head:6379"), gpus=4) == RayOptions(address="head:6379")
+
+
+class _SeenDevices:
+    """Stands in for the encoder actor: reports the GPUs Ray gave it."""
+
+    def __call__(self, batch: dict) -> dict:
+        batch["devices"] = np.asarray([os.environ.get("CUDA_VISIBLE_DEVICES", "")] * len(batch["id"]))
+        batch["actor"] = np.asarray([os.getpid()] * len(batch["id"]))
+        return batch
+
+
+def test_each_gpu_actor_sees_its_own_gpu(loopback, tmp_path: Path) -> None:
+    """On a CPU machine, GPUs declared to Ray (ray start --num-gpus 2): the pool sbert plans for two GPUs places an
+    actor on each, and each sees only its own in CUDA_VISIBLE_DEVICES."""
+    ray = pytest.importorskip("ray", reason="the Ray tests need the extra: pip install -e '.[ray]' (make test-ray)")
+    import ray.data
+
+    from sbert_cli.io.inputs import InputFile
+    from sbert_cli.job import RayOptions
+    from sbert_cli.ray_engine import RayPlan, actor_pool, per_gpu
+
+    options = per_gpu(replace_cpus(RayOptions(), 0.25), gpus=2)  # a quarter CPU each: the one CPU a node has fits both
+    plan = RayPlan(("x",), options.workers or 1, 1, options)
+    with_gpus = RayCluster(1, num_gpus=2)
+    try:
+        ray.init(address=with_gpus.address, include_dashboard=False, log_to_driver=False)
+        try:
+            # from_items: blocks made by the driver, no read task needing the CPU the actors hold
+            items = ray.data.from_items([{"id": index} for index in range(40)], override_num_blocks=8)
+            rows = items.map_batches(_SeenDevices, batch_size=5, **actor_pool(plan)).take_all()
+        finally:
+            ray.shutdown()
+    finally:
+        with_gpus.close()
+    devices = {}
+    for row in rows:
+        devices.setdefault(row["actor"], set()).add(row["devices"])
+    assert sorted(device for seen in devices.values() for device in seen) == ["0", "1"]
+    assert all(len(seen) == 1 for seen in devices.values())
+
+
+def replace_cpus(options, cpus: float):
+    from dataclasses import replace
+
+    return replace(options, cpus_per_worker=cpus)
