@@ -80,7 +80,7 @@ class EncodeJob:
         spec = self.input
         return RunSettings(
             spec.files, spec.format, spec.text_column, spec.id_column, self.shard_rows, self.skip_bad_rows, self.with_stats, self.resume,
-            self.overwrite, spec.quoting, spec.encoding,
+            self.overwrite, spec.quoting, spec.encoding, spec.row_ids_root is not None,
         )
 
     def __post_init__(self) -> None:

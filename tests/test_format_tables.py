@@ -60,8 +60,8 @@ def write_lines(path: Path, texts: list[str]) -> Path:
     return path
 
 
-def assert_rows(ids: list, vectors: np.ndarray, texts: list[str]) -> None:
-    assert ids == list(range(len(texts)))
+def assert_rows(ids: list, vectors: np.ndarray, texts: list[str], expected_ids: list | None = None) -> None:
+    assert ids == (expected_ids or list(range(len(texts))))
     np.testing.assert_array_equal(vectors, expected_fake_vectors(texts))
 
 
@@ -101,7 +101,9 @@ def test_an_added_format_reads_a_directory_numbered_across_files(tmp_path: Path,
     write_lines(folder / "b.lines", TEXTS[3:])
     result = run("encode", folder, "-o", "-", "-q")
     assert result.exit_code == 0, result.output
-    assert_rows(*read_output(None, result.stdout), TEXTS)
+    # Rows in order across the files; each id its file below the folder and its row there.
+    path_ids = [f"a.lines:{row}" for row in range(3)] + [f"b.lines:{row}" for row in range(len(TEXTS) - 3)]
+    assert_rows(*read_output(None, result.stdout), TEXTS, path_ids)
 
 
 def test_a_seekable_format_gets_stdin_spooled_to_disk(fake_encoder: FakeEncoder, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -93,6 +93,7 @@ class RunSettings:
     overwrite: bool = False
     quoting: str = "auto"
     encoding: str = "utf-8"
+    path_ids: bool = False  # ids are '<path below the input>:<row>' (a directory, prefix or glob without --id-column)
 
     def recorded(self, info: ModelInfo, dtype: str, calibration: str | None) -> dict[str, Any]:
         """The manifest's options. The prompt, --truncate-dim, --calibration, --quoting and --encoding are there only
@@ -106,6 +107,8 @@ class RunSettings:
         extra = {
             "prompt": info.prompt or None, "truncate_dim": info.truncate_dim, "calibration": calibration,
             "quoting": None if self.quoting == "auto" else self.quoting, "encoding": None if self.encoding == "utf-8" else self.encoding,
+            # A directory begun when a many-file input's ids were row numbers is not resumed with path ids mixed in.
+            "ids": "path:row" if self.path_ids else None,
         }
         return options | {key: value for key, value in extra.items() if value is not None}
 
