@@ -19,6 +19,12 @@ if TYPE_CHECKING:
     from sbert_cli.ray_engine import RayPlan, RayResult
 
 
+def clean_after_driver(job: EncodeJob) -> None:
+    from sbert_cli.ray_engine import clean_after_driver as clean
+
+    clean(job)
+
+
 def run_supervised(job: EncodeJob, plan: RayPlan, notice: Any, verbose: bool) -> RayResult:
     """run_ray_job in a spawned child (Ray is imported there only); its notices, result or error come back by a
     pipe. A child that ends without either was ended by Ray: the line then says what the manifest holds."""
@@ -27,8 +33,13 @@ def run_supervised(job: EncodeJob, plan: RayPlan, notice: Any, verbose: bool) ->
     child = context.Process(target=_drive, args=(job, plan, verbose, send), name="sbert-ray-driver")
     child.start()
     send.close()
-    forward = {number: signal.signal(number, lambda signum, frame: os.kill(child.pid, signum)) for number in (signal.SIGTERM,)} \
-        if _main_thread() else {}
+    stopped: list[int] = []
+
+    def stop(signum: int, frame: Any) -> None:  # a cron timeout's SIGTERM: the driver goes too
+        stopped.append(signum)
+        os.kill(child.pid, signum)
+
+    forward = {signal.SIGTERM: signal.signal(signal.SIGTERM, stop)} if _main_thread() else {}
     try:
         while True:
             try:
@@ -44,6 +55,10 @@ def run_supervised(job: EncodeJob, plan: RayPlan, notice: Any, verbose: bool) ->
                 child.join()
                 raise _rebuilt(*payload)
         child.join()
+        if stopped:
+            clean_after_driver(job)
+            return_code = 128 + stopped[0]
+            raise errors.Interrupted("stopped by SIGTERM; the rounds published are kept: the same command with --resume finishes the rest", return_code)
         raise _ended_by_ray(job, child.exitcode)
     except KeyboardInterrupt:
         child.join()  # Ctrl-C reached the child too: it stops, and its own line is the one that counts
@@ -85,7 +100,6 @@ def _ended_by_ray(job: EncodeJob, exit_code: int | None) -> ClusterError:
     """What is published, from the manifest, once a killed driver's leftovers are removed."""
     from sbert_cli.io.manifest import load_manifest
     from sbert_cli.io.paths import DirectoryLayout
-    from sbert_cli.ray_engine import clean_after_driver
     from sbert_cli.ray_rounds import how_far
 
     assert job.ray is not None
