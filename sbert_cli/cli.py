@@ -228,10 +228,6 @@ def _encode_with_ray(job: EncodeJob, quiet: bool, verbose: bool) -> int:
     assert job.ray is not None
     plan = plan_ray_job(job)
     result = run_supervised(job, plan, _notice(quiet), verbose)  # says what it encodes, and where, once Ray is there
-    if result.nothing_to_do:
-        if not quiet:
-            typer.echo(f"sbert: {job.output.shown} is complete; nothing to do", err=True)
-        return 0
     if not quiet:
         typer.echo(ray_summary_line(result, job.output.shown), err=True)
     return result.rejected

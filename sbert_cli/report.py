@@ -47,6 +47,9 @@ def ray_summary_line(result: RayResult, where: str) -> str:
     """One line on stderr after an --engine ray run."""
     from sbert_cli.io.paths import DirectoryLayout
 
+    if result.nothing_to_do:
+        return f"sbert: {where} is complete; nothing to do"
+
     parts = [f"sbert: {plural(result.rows, 'row')}"]
     if result.rejected:
         parts.append(f"{result.rejected} rejected -> {DirectoryLayout.at(where).rejects}/")
