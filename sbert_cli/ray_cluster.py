@@ -14,10 +14,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from sbert_cli.errors import ClusterError, UsageError, first_line
+from sbert_cli.errors import EXIT_CLUSTER, ClusterError, UsageError, first_line
 
 CONNECT_SECONDS = 20.0  # an address where nothing answers for this long fails, within the ~30 s users wait
 LOST_SECONDS = 8.0  # a head that stops answering for this long mid-run ends the run (Ray itself waits 60 s, then kills it)
+GRACE_SECONDS = 5.0  # for the main thread to stop on its own after that
 _RAY_FIX = "start it (ray start --head) or pass the address `ray start` printed"
 
 
@@ -48,7 +49,11 @@ class HeadWatch:
             silent_since = silent_since or time.monotonic()
             if time.monotonic() - silent_since >= LOST_SECONDS:
                 self.lost = True
-                _thread.interrupt_main()  # the main thread waits in Ray's Python loops: it raises KeyboardInterrupt there
+                _thread.interrupt_main()  # where the main thread waits in Ray's Python loops, it raises KeyboardInterrupt
+                if not self._stop.wait(GRACE_SECONDS):
+                    # It waits in Ray's C++ instead, where no signal reaches it: this process (the driver, a child of
+                    # the command, ray_supervisor) ends, and the command says what the manifest holds.
+                    os._exit(EXIT_CLUSTER)
                 return
 
 
