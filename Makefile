@@ -45,7 +45,8 @@ test: install
 test-fast: install
 	$(PY) -m pytest -m 'not slow and not ray' --durations=10
 
-# The --engine ray tests: a local 2-CPU Ray; the ray extra is installed when missing.
+# The --engine ray tests: a three-node Ray cluster on 127.0.0.1 (one CPU a node) and a local Ray; the ray extra
+# is installed when missing.
 test-ray: install
 	@$(PY) -c "import ray.data" 2>/dev/null || $(PY) -m pip install -q -e ".[test,ray]"
 	$(PY) -m pytest -m ray
