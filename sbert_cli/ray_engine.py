@@ -222,11 +222,12 @@ def clean_after_driver(job: EncodeJob) -> None:
             return
         layout.manifest.unlink(missing_ok=True)
         if isinstance(layout.data, Path):
-            for folder in (layout.rejects, layout.state, layout.data):
-                try:
+            try:
+                os.remove(layout.lock)  # type: ignore[arg-type]  (held: no other run can be using it)
+                for folder in (layout.rejects, layout.state, layout.data):
                     os.rmdir(folder)  # type: ignore[arg-type]
-                except OSError:
-                    pass  # not empty: a rejects file or the lock; left as the local engine leaves them
+            except OSError:
+                pass  # not empty: a rejects file; left as the local engine leaves it
 
 
 def _ids(path: Path | StorePath) -> list[Any]:

@@ -57,8 +57,7 @@ def run_supervised(job: EncodeJob, plan: RayPlan, notice: Any, verbose: bool) ->
         child.join()
         if stopped:
             clean_after_driver(job)
-            return_code = 128 + stopped[0]
-            raise errors.Interrupted("stopped by SIGTERM; the rounds published are kept: the same command with --resume finishes the rest", return_code)
+            raise errors.Interrupted(f"stopped by SIGTERM; {_published(job)}", 128 + stopped[0])
         raise _ended_by_ray(job, child.exitcode)
     except KeyboardInterrupt:
         child.join()  # Ctrl-C reached the child too: it stops, and its own line is the one that counts
@@ -94,6 +93,15 @@ def _rebuilt(kind: str, message: str, exit_code: int) -> SbertError:
     error = error_type(message, exit_code) if error_type is errors.Interrupted else error_type(message)
     error.exit_code = exit_code
     return error  # type: ignore[no-any-return]
+
+
+def _published(job: EncodeJob) -> str:
+    from sbert_cli.io.manifest import load_manifest
+    from sbert_cli.io.paths import DirectoryLayout
+    from sbert_cli.ray_rounds import how_far
+
+    layout = DirectoryLayout.at(job.output.path)
+    return how_far(job, layout, load_manifest(layout.manifest)).replace(" once the cluster is back", "")
 
 
 def _ended_by_ray(job: EncodeJob, exit_code: int | None) -> ClusterError:
