@@ -383,25 +383,15 @@ def _root(
 
 
 def main() -> None:
-    """The console script. Once a command is done, everything it wrote is published and closed, so the process
-    leaves without Python's teardown, which frees a compiled model's memory piece by piece (0.1-0.2 s of a small
-    job); not after --engine ray, whose driver stops the local Ray it started at exit."""
+    """The console script: the command, then a quick exit (leaving.leave)."""
+    from sbert_cli.leaving import leave
+
     try:
         app()
         code: object = 0
     except SystemExit as done:
         code = done.code
-    if "ray" in sys.modules:
-        sys.exit(code)
-    status = code if isinstance(code, int) else 0 if code is None else 1
-    if isinstance(code, str):
-        print(code, file=sys.stderr)
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except BrokenPipeError:
-        status = status or 141  # stdout's reader left before it took everything (exit codes in the README)
-    os._exit(status)
+    leave(code)
 
 
 if __name__ == "__main__":
