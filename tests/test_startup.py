@@ -19,6 +19,8 @@ from sbert_cli.model.modules import NormalizeLayer, TruncateLayer
 from tests.conftest import ROOT, sample_texts
 from tests.test_cli import read_output, run
 
+# A copy of the session's tiny model without what earlier tests derived from it (its conversion, its saved tokenizer).
+DERIVED = shutil.ignore_patterns("sbert-openvino", "sbert-tokenizer")
 MODES = ["mean", "cls", "max", "lasttoken", "weightedmean", "mean_sqrt_len"]
 
 
@@ -47,7 +49,7 @@ def sbert_child(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_the_openvino_path_never_imports_torch_once_the_model_is_converted(tmp_path: Path, tiny_model_dir: Path) -> None:
     pytest.importorskip("openvino", reason="the OpenVINO backend is not installed")
-    model = Path(shutil.copytree(tiny_model_dir, tmp_path / "model"))
+    model = Path(shutil.copytree(tiny_model_dir, tmp_path / "model", ignore=DERIVED))
     env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
     common = ["--model", str(model), "--backend", "openvino", "--precision", "fp32"]
     first = sbert_child("sim", "hello", "world", *common, env=env)  # converts the model (with torch) and compiles it
@@ -67,7 +69,7 @@ def test_the_openvino_path_never_imports_torch_once_the_model_is_converted(tmp_p
 def test_compiled_models_are_reused_per_precision(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("openvino", reason="the OpenVINO backend is not installed")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    model = Path(shutil.copytree(tiny_model_dir, tmp_path / "model"))
+    model = Path(shutil.copytree(tiny_model_dir, tmp_path / "model", ignore=DERIVED))
     source = tmp_path / "in.jsonl"
     source.write_text("".join(f'{{"text": "{text}"}}\n' for text in sample_texts()[:8]), encoding="utf-8")
 
@@ -123,7 +125,7 @@ def test_a_model_that_cannot_be_written_prepared_by_two_runs_at_once(tmp_path: P
     """Both runs succeed with the same vectors; one conversion, one saved tokenizer and no temporary folder are left in
     the user's cache; the run after them prepares nothing."""
     pytest.importorskip("openvino", reason="the OpenVINO backend is not installed")
-    model = Path(shutil.copytree(tiny_model_dir, tmp_path / "model"))
+    model = Path(shutil.copytree(tiny_model_dir, tmp_path / "model", ignore=DERIVED))
     for folder in ("sbert-openvino", "sbert-tokenizer"):
         shutil.rmtree(model / folder, ignore_errors=True)
         (model / folder).write_text("in the way\n")  # the folders cannot be made there, as in a model others own
