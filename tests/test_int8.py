@@ -113,7 +113,7 @@ def test_int8_without_openvino_or_off_its_backend_is_one_line(tmp_path: Path, mo
     out = tmp_path / "out.parquet"
     torch_backend = run("encode", "-", "-o", out, "--model", model_copy, "--precision", "int8", "--backend", "torch", input=jsonl(["你好"]))
     assert torch_backend.exit_code == 2
-    assert error_of(torch_backend) == "sbert: error: --precision int8 needs the OpenVINO backend (torch's int8 kernels were not faster); pass --backend auto or openvino"
+    assert error_of(torch_backend) == "sbert: error: --precision int8 runs on the OpenVINO backend only; pass --backend auto or openvino"
     monkeypatch.setattr(openvino_bert, "find_spec", lambda name: None)  # a machine without OpenVINO
     result = run("encode", "-", "-o", out, "--model", model_copy, "--precision", "int8", input=jsonl(["你好"]))
     assert result.exit_code == 2

@@ -86,7 +86,7 @@ def check_int8_runs(model: ModelDescription, target: Target) -> None:
     if target.device_kind != "cpu":
         raise UsageError(f"--precision int8 runs on the CPU (--device cpu); on {target.device_kind} pass --precision fp16")
     if model.backend == "torch":
-        raise UsageError("--precision int8 needs the OpenVINO backend (torch's int8 kernels were not faster); pass --backend auto or openvino")
+        raise UsageError("--precision int8 runs on the OpenVINO backend only; pass --backend auto or openvino")
     if not openvino_installed():
         raise UsageError(f"--precision int8 needs the OpenVINO backend, which is not installed: {INSTALL_HINT}, or pass --precision bf16")
     if find_spec("nncf") is None:
@@ -167,15 +167,19 @@ def _quantize_into(model: ModelDescription, target: Target, fp32_xml: Path, stag
 def quantize_ir(fp32: Any, feeds: list[dict[str, np.ndarray]], kept: list[str]) -> Any:
     """NNCF's static post-training quantization with its transformer scheme (layer norms, softmax and the attention
     kernel stay unquantized), `kept` products left in higher precision too."""
+    import contextlib
+    import io
     import logging
 
     import nncf
 
     nncf.set_log_level(logging.ERROR)
-    return nncf.quantize(
-        fp32, nncf.Dataset(feeds), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(feeds),
-        ignored_scope=nncf.IgnoredScope(names=kept), preset=nncf.QuantizationPreset.PERFORMANCE,
-    )
+    # NNCF draws progress bars on stdout, where the vectors may be going: the one-time step's own line says it all.
+    with contextlib.redirect_stdout(io.StringIO()):
+        return nncf.quantize(
+            fp32, nncf.Dataset(feeds), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(feeds),
+            ignored_scope=nncf.IgnoredScope(names=kept), preset=nncf.QuantizationPreset.PERFORMANCE,
+        )
 
 
 def kept_in_higher_precision(graph: Any, config: dict[str, Any]) -> list[str]:
