@@ -117,7 +117,7 @@ shutil.rmtree(staging, ignore_errors=True)
 shutil.copytree(source, staging)
 with tempfile.TemporaryDirectory() as saved:
     quantizer.quantize(calibration_dataset=[tokenize(text) for text in texts[:300]], save_directory=saved, ov_config=config)
-    [xml] = Path(saved).glob("*.xml")
+    [xml] = Path(saved).rglob("openvino_model.xml")  # optimum saves it where ST keeps it: openvino/
     for suffix in (".xml", ".bin"):
         shutil.copy(xml.with_suffix(suffix), staging / "openvino" / f"openvino_model_qint8_quantized{suffix}")
 staging.rename(target)

@@ -69,6 +69,7 @@ def test_int8_is_quantized_once_shown_as_a_one_time_step_and_labelled_with_its_g
     assert metadata["sbert.int8_min_cosine"] == f"{gate['min_cosine']:.4f}" and float(metadata["sbert.int8_min_cosine"]) >= 0.98
     assert metadata["sbert.int8_ranking_spearman"] == f"{gate['ranking']:.4f}" and float(metadata["sbert.int8_ranking_spearman"]) >= 0.99
     assert metadata["sbert.int8_gate_texts"] == str(gate["texts"])
+    assert metadata["sbert.int8_kept_in_higher_precision"] == gate["scheme"] == "none"  # the fastest scheme passed
     options = json.loads((folder / "options.json").read_text(encoding="utf-8"))
     assert options["int8"]["model_type"] == "transformer" and options["weights"]["file"] == "model.safetensors"
     summary = result.stderr.strip().splitlines()[-1]
@@ -86,8 +87,13 @@ def test_int8_is_quantized_once_shown_as_a_one_time_step_and_labelled_with_its_g
 
 
 def test_the_gate_refuses_a_damaged_quantization_and_later_runs_refuse_at_once(tmp_path: Path, model_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = openvino_int8.quantize_ir
-    monkeypatch.setattr(openvino_int8, "quantize_ir", lambda fp32, feeds, kept: scrambled_embeddings(real(fp32, feeds, kept)))
+    real, tried = openvino_int8.quantize_ir, []
+
+    def damaged(fp32: object, feeds: list, kept: list[str]) -> object:
+        tried.append(kept)
+        return scrambled_embeddings(real(fp32, feeds, kept))
+
+    monkeypatch.setattr(openvino_int8, "quantize_ir", damaged)
     out = tmp_path / "out.parquet"
     result = run("encode", "-", "-o", out, "--model", model_copy, "--precision", "int8", input=jsonl(sample_texts()))
     assert result.exit_code == 1
@@ -100,6 +106,9 @@ def test_the_gate_refuses_a_damaged_quantization_and_later_runs_refuse_at_once(t
     assert not out.exists()
     [folder] = quantizations(model_copy)  # the figures are kept, the failing model is not
     assert sorted(path.name for path in folder.iterdir()) == ["gate.json", "options.json"]
+    # every scheme was tried, from all products quantized to every feed-forward output kept (the tiny BERT has 2 layers)
+    assert [len(kept) for kept in tried] == [0, 1, 2]
+    assert json.loads((folder / "gate.json").read_text(encoding="utf-8"))["scheme"] == "feed-forward outputs"
 
     def not_again(*args: object) -> None:
         raise AssertionError("quantized again")
