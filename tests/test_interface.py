@@ -92,7 +92,7 @@ def test_help_draws_flags_as_flags_and_every_value_one_way(command: str, usage: 
         assert wrong not in page, wrong
     assert re.search(flag, page), flag  # a flag is followed by its help, not by a value's metavar
     assert re.search(r"--help +Show this message and exit\.", page)
-    for choices in (r"--precision +<auto\|fp32\|bf16\|fp16>", r"--device +<auto\|cpu\|cuda\|cuda:N>"):
+    for choices in (r"--precision +<auto\|fp32\|bf16\|fp16\|int8>", r"--device +<auto\|cpu\|cuda\|cuda:N>"):
         assert re.search(choices, page), choices
 
 
