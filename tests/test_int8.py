@@ -157,3 +157,19 @@ def test_spearman() -> None:
     a = np.array([0.1, 0.5, 0.3, 0.9])
     assert openvino_int8.spearman(a, a * 2 + 1) == pytest.approx(1.0)
     assert openvino_int8.spearman(a, -a) == pytest.approx(-1.0)
+
+
+def test_the_fastest_scheme_is_kept_only_with_a_margin(model_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scheme that scrapes past the gate (0.985) gives way to the next that clears 0.99; the figures are the kept one's."""
+    measured = iter([0.985, 0.995, 0.999])
+
+    def gate(*args: object) -> openvino_int8.Gate:
+        return openvino_int8.Gate(next(measured), 0.999, 32)
+
+    monkeypatch.setattr(openvino_int8, "check_gate", gate)
+    encoder = load_encoder(str(model_copy), device="cpu", precision="int8")
+    assert dict(encoder.info.quality) == {
+        "int8_min_cosine": "0.9950", "int8_ranking_spearman": "0.9990", "int8_gate_texts": "32",
+        "int8_kept_in_higher_precision": "feed-forward outputs, first half of the layers",
+    }
+    assert next(measured) == 0.999  # the third scheme was never needed
