@@ -77,8 +77,8 @@ demo: install
 	echo "  SBERT_MODEL=\"$$dir\" $(SBERT_CMD) encode sample_data/sentences.jsonl -o vectors.parquet"; \
 	echo "  $(SBERT_CMD) --help$(if $(VENV), (or source $(VENV)/bin/activate first; then just sbert),)"
 
-# sbert encode vs sentence-transformers (torch fp32 and bf16, OpenVINO) on the Chinese-shaped stand-in,
-# same run: fp32 on 2,200 rows, the defaults on 11,000 (about 20 minutes on 2 cores). QUICK=1 fits in a few
+# sbert encode vs sentence-transformers (torch fp32 and bf16, OpenVINO, OpenVINO int8) on the Chinese-shaped
+# stand-in, same run: fp32 on 2,200 rows, the defaults and int8 on 11,000 (about 30 minutes on 2 cores). QUICK=1 fits in a few
 # minutes. DEVICE=cuda on a GPU: sbert's defaults against sentence-transformers .half() at batch 32, 128 and
 # 512 on 100,000 rows.
 bench: install

@@ -8,7 +8,7 @@ DEFAULT_MODEL = "DMetaSoul/sbert-chinese-general-v1"
 STDOUT = "-"
 
 # Fixed choices, declared once: the CLI offers exactly these and --help lists them (input formats: io.formats).
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]  # the arithmetic; how vectors are stored is Dtype
 BackendChoice = Literal["auto", "openvino", "torch"]
 Dtype = Literal["float32", "float16", "int8", "uint8", "binary", "ubinary"]
 Similarity = Literal["cosine", "dot", "euclidean", "manhattan"]

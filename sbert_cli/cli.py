@@ -80,7 +80,7 @@ INPUT, MODEL, BATCHING, OUTPUT, UNATTENDED, RAY = "Input", "Model", "Batching", 
 
 ModelOption = Annotated[str, typer.Option("--model", "-m", envvar="SBERT_MODEL", rich_help_panel=MODEL, help="Hub id or local directory (sentence-transformers or transformers layout).")]
 DeviceOption = Annotated[str, typer.Option(parser=_device, metavar="<auto|cpu|cuda|cuda:N>", rich_help_panel=MODEL, help="auto takes CUDA when torch sees a GPU.")]
-PrecisionOption = Annotated[Precision, typer.Option(rich_help_panel=MODEL, help="Forward pass precision; auto: fp16 on CUDA, bf16 on a CPU with native bf16, else fp32. Vectors are float32.")]
+PrecisionOption = Annotated[Precision, typer.Option(rich_help_panel=MODEL, help="Compute precision of the forward pass (how vectors are stored is --dtype); auto: fp16 on CUDA, bf16 on a CPU with native bf16, else fp32. int8: OpenVINO on a copy of the model quantized once (the int8 extra) and checked against fp32 (it refuses a model whose int8 vectors drift; docs/speed.md). Vectors are float32.")]
 BackendOption = Annotated[BackendChoice, typer.Option(rich_help_panel=MODEL, help="What runs the forward pass. auto: OpenVINO on a CPU with native bf16 (installed with sbert on x86-64 Linux and Windows), else torch; sbert --version says which here. openvino: OpenVINO on any CPU (BERT models). torch: torch only.")]
 MaxLengthOption = Annotated[Optional[int], typer.Option(rich_help_panel=MODEL, help="Truncate texts to this many tokens (default: the model's).")]
 PromptOption = Annotated[Optional[str], typer.Option(rich_help_panel=MODEL, show_default="the model's default prompt, if it names one", help="Text put before every input, as sentence-transformers' prompt.")]
@@ -143,7 +143,7 @@ def encode(
     batch_size: BatchSizeOption = None,
     max_tokens: MaxTokensOption = None,
     output: Annotated[Optional[str], typer.Option("--output", "-o", rich_help_panel=OUTPUT, help="A .parquet, .npy (+ .ids.jsonl) or .jsonl file; - for JSON lines on stdout; a directory for Parquet shards; any of them as s3://BUCKET/KEY. Default: <input stem>.embeddings.parquet beside the input.")] = None,
-    dtype: Annotated[Dtype, typer.Option(rich_help_panel=OUTPUT, help="Stored vector type. int8/uint8: one byte a dimension, scaled by per-dimension ranges (from the first window, or --calibration) kept in the metadata; binary/ubinary: one bit a dimension, packed (sentence-transformers' quantize_embeddings).")] = "float32",
+    dtype: Annotated[Dtype, typer.Option(rich_help_panel=OUTPUT, help="Stored vector type (how the forward pass computes is --precision). int8/uint8: one byte a dimension, scaled by per-dimension ranges (from the first window, or --calibration) kept in the metadata; binary/ubinary: one bit a dimension, packed (sentence-transformers' quantize_embeddings).")] = "float32",
     calibration: Annotated[Optional[str], typer.Option(rich_help_panel=OUTPUT, help="With --dtype int8/uint8: a .npy of float vectors (rows x dim) whose per-dimension min and max set the ranges (default: the first window's).")] = None,
     with_stats: Annotated[bool, typer.Option("--with-stats", rich_help_panel=OUTPUT, help="Add n_tokens and truncated columns.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel=OUTPUT, help="No progress bar, no summary; errors still go to stderr.")] = False,

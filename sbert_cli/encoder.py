@@ -91,6 +91,8 @@ class TransformerEncoder:
         threads = model.threads or available_cores()
         self.target = Target(model.info.device, model.info.precision, self.pad_id, Pooling(model.info.pooling, skip), model.head, threads)
         self.backend: Backend = load_backend(model, self.target)
+        # A quantized backend's quality-gate figures describe its vectors: they go to the output's metadata.
+        self.info = replace(model.info, quality=getattr(self.backend, "quality", ()))
         self.batch_shape = self.backend.batch_shape
         self._fp32: TransformerEncoder | None = None
 

@@ -66,10 +66,13 @@ def run_encode(job: EncodeJob, model_opener: Callable[[ModelOptions], ModelHandl
     with open_output(job.output, job.run_settings, hooks.notice) as output:
         handle = model_opener(replace(job.model, precision=output.precision(job.model.precision)))
         started = time.perf_counter()
-        with output.sink(handle.info) as sink:
+        # int8's vectors are labelled with its quality gate's figures, known once the model is loaded: it loads first.
+        early = ModelSource.for_handle(handle, cache, hooks.notice) if handle.info.precision == "int8" else None
+        info = early.encoder().info if early is not None else handle.info
+        with output.sink(info) as sink:
             if sink.complete:
-                return RunReport(EncodeStats(nothing_to_do=True), handle.info, sink.rejects_shown)
-            source = ModelSource.for_handle(handle, cache, hooks.notice)
+                return RunReport(EncodeStats(nothing_to_do=True), info, sink.rejects_shown)
+            source = early or ModelSource.for_handle(handle, cache, hooks.notice)
             plan = job.plan.for_device(handle.info.device)
             stats = encode_rows(
                 iter_rows(job.input, extent), source=source, sink=sink, plan=plan, skip_bad_rows=job.skip_bad_rows, hooks=hooks, extent=extent,
@@ -86,7 +89,7 @@ def run_encode(job: EncodeJob, model_opener: Callable[[ModelOptions], ModelHandl
             sink.finish()
     stats.load_seconds, stats.seconds = source.load_seconds, time.perf_counter() - started
     stats.one_time_seconds = source.one_time_seconds
-    return RunReport(stats, handle.info, sink.rejects_shown)
+    return RunReport(stats, info, sink.rejects_shown)
 
 
 def encode_rows(

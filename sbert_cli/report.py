@@ -35,12 +35,20 @@ def summary_line(stats: EncodeStats, info: ModelInfo, *, where: str, rejects: st
         parts.append(f"{plural(stats.fp32_rows, 'row')} re-run at fp32")
     parts += [
         f"dim {info.dim}",
-        f"{info.precision} on {info.device}",
+        f"{info.precision}{gate_note(info)} on {info.device}",
         f"{stats.seconds:.1f} s" + (f" ({stats.one_time_seconds:.1f} s of it a one-time step)" if stats.one_time_seconds >= 0.05 else ""),
         f"{stats.rows_per_second:.1f} rows/s",
         f"{stats.truncated} truncated to {info.max_length} tokens -> {where}",
     ]
     return ", ".join(parts)
+
+
+def gate_note(info: ModelInfo) -> str:
+    """int8's quality-gate figures, for the summary line ('' for other precisions)."""
+    figures = dict(info.quality)
+    if "int8_min_cosine" not in figures:
+        return ""
+    return f" (min cosine {figures['int8_min_cosine']} to fp32, ranking {figures['int8_ranking_spearman']})"
 
 
 def ray_summary_line(result: RayResult, where: str) -> str:

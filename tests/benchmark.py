@@ -1,4 +1,4 @@
-"""`make bench`: sbert encode against sentence-transformers (torch fp32, torch bf16, OpenVINO), same model, same run.
+"""`make bench`: sbert encode against sentence-transformers (torch fp32, torch bf16, OpenVINO, OpenVINO int8), same model, same run.
 
 Builds the bert-base-chinese-shaped stand-in (the real config and vocab from ../shared/data, random
 weights: the same compute as DMetaSoul/sbert-chinese-general-v1) and a fixed corpus (unique sentences of
@@ -12,16 +12,21 @@ sentence-transformers' OpenVINO backend needs optimum-intel, which pins an older
 from a virtualenv of its own (bench_out/openvino-venv, made when missing) on a model exported once
 beforehand (not timed), as its documentation recommends. sbert's own one-time OpenVINO conversion (its
 default backend on CPUs with native bf16, when the openvino extra is installed) is likewise made before
-the timed runs, and its time printed.
+the timed runs, and its time printed. So are the two int8 models: sbert's (--precision int8: quantized once, its
+quality gate's figures printed) and sentence-transformers' own (export_static_quantized_openvino_model's recipe,
+calibrated on 300 local sentences since no hub is reachable); each int8 contender's min cosine to fp32 vectors of
+the same corpus is printed after the table.
 
 First comes the start-up table (tests/startup_bench.py: sbert sim A B and a one-row encode, whole processes on the
 converted model, best of 5, against sentence-transformers loading the model and encoding two sentences; on a GPU
 too). The default CPU run then has two tables, each held to its goal: sbert fp32 against ST fp32 on 2,200 rows, then
-sbert's default (and sbert on torch's backend) against ST bf16 and ST + OpenVINO on 11,000 rows; 2 rounds.
+sbert's default (and sbert on torch's backend) against ST bf16 and ST + OpenVINO on 11,000 rows, with sbert
+--precision int8 against ST's int8 OpenVINO model; 2 rounds.
 
     python -m tests.benchmark                      # the two tables above (where bf16 is emulated: fp32 only)
     python -m tests.benchmark --quick              # 300 rows, 1 round
     python -m tests.benchmark --rows 11000 --rounds 1 --contenders sbert-auto,st-bf16,st-openvino
+    python -m tests.benchmark --rows 11000 --rounds 1 --contenders sbert-auto,sbert-int8,st-openvino,st-int8
     python -m tests.benchmark --cache-figures      # re-runs with --cache, 10% new rows, duplicated texts
     python -m tests.benchmark --startup            # only the start-up table (sbert sim A B, a one-row encode, the peer)
     python -m tests.benchmark --device cuda        # on a GPU: 100,000 rows, sbert's defaults vs ST .half() at batch 32/128/512
@@ -76,6 +81,8 @@ torch.set_num_threads(len(__import__("os").sched_getaffinity(0)))
 texts = [json.loads(line)["text"] for line in open(corpus, encoding="utf-8")]
 if kind == "st-openvino":
     model = SentenceTransformer(model, backend="openvino", device="cpu")
+elif kind == "st-int8":  # the int8 model export_static_quantized_openvino_model saves, loaded as its docs show
+    model = SentenceTransformer(model, backend="openvino", device="cpu", model_kwargs={"file_name": "openvino/openvino_model_qint8_quantized.xml"})
 else:
     model = SentenceTransformer(model, device=device)
     if device != "cpu" and kind.startswith("st-fp16"):
@@ -88,6 +95,32 @@ table = pa.table({"id": pa.array(range(len(texts))), "embedding": pa.FixedSizeLi
 pq.write_table(table, out)
 gpu = torch.cuda.max_memory_allocated() / 2**20 if device != "cpu" else 0.0
 print(json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "gpu_mib": gpu}))
+'''
+
+# sentence-transformers' int8 OpenVINO model: what export_static_quantized_openvino_model does (optimum-intel's
+# OVQuantizer, NNCF static post-training quantization, OVQuantizationConfig's defaults, texts tokenized padded to 384
+# as it tokenizes them, 300 samples), calibrated on local texts in place of its default, the hub's glue/sst2.
+ST_INT8_EXPORT = r'''
+import json, shutil, sys, tempfile
+from pathlib import Path
+import numpy as np
+from sentence_transformers import SentenceTransformer
+from optimum.intel.openvino import OVConfig, OVQuantizationConfig, OVQuantizer
+source, texts_file, target = sys.argv[1:4]
+texts = [json.loads(line)["text"] for line in open(texts_file, encoding="utf-8")]
+model = SentenceTransformer(source, backend="openvino", device="cpu")
+config = OVConfig(quantization_config=OVQuantizationConfig())
+quantizer = OVQuantizer.from_pretrained(model.transformers_model)
+tokenize = lambda text: {k: np.asarray(v) for k, v in model.tokenizer(text, padding="max_length", max_length=384, truncation=True).items()}
+staging = Path(target + ".partial")
+shutil.rmtree(staging, ignore_errors=True)
+shutil.copytree(source, staging)
+with tempfile.TemporaryDirectory() as saved:
+    quantizer.quantize(calibration_dataset=[tokenize(text) for text in texts[:300]], save_directory=saved, ov_config=config)
+    [xml] = Path(saved).rglob("openvino_model.xml")  # optimum saves it where ST keeps it: openvino/
+    for suffix in (".xml", ".bin"):
+        shutil.copy(xml.with_suffix(suffix), staging / "openvino" / f"openvino_model_qint8_quantized{suffix}")
+staging.rename(target)
 '''
 
 # sbert's child: the command itself, as a user runs it.
@@ -119,11 +152,19 @@ CPU_CONTENDERS = {
     "st-fp32": Contender("st-fp32", "fp32", "sentence-transformers fp32"),
     "st-bf16": Contender("st-bf16", "bf16", "sentence-transformers + autocast bf16"),
     "st-openvino": Contender("st-openvino", "bf16", "sentence-transformers OpenVINO"),
+    "sbert-int8": Contender("sbert-int8", "int8", "sbert encode --precision int8"),
+    "st-int8": Contender("st-int8", "int8", "sentence-transformers OpenVINO int8 (PTQ)"),
 }
+# Compared with fp32 vectors of the same corpus (min cosine): sbert --precision fp32 is run once, untimed, for them.
+INT8_CONTENDERS = ("sbert-int8", "st-int8")
 # What runs at bf16 on a CPU with native bf16 (sbert's default there): left out where bf16 is emulated.
 BF16_CONTENDERS = ("sbert-auto", "sbert-torch", "st-bf16", "st-openvino")
 # The ratios `make bench` is held to (issue: sbert ahead of ST + OpenVINO on every CPU class): contender, peer, goal.
-CPU_GOALS = [("sbert-auto", "st-openvino", 1.1), ("sbert-auto", "st-bf16", 1.0), ("sbert-fp32", "st-fp32", 1.1), ("sbert-auto", "sbert-torch", None)]
+CPU_GOALS = [
+    ("sbert-auto", "st-openvino", 1.1), ("sbert-auto", "st-bf16", 1.0), ("sbert-fp32", "st-fp32", 1.1), ("sbert-auto", "sbert-torch", None),
+    # int8 (issue 34): ahead of ST + OpenVINO at its default and of ST's own int8 OpenVINO model
+    ("sbert-int8", "st-openvino", 1.5), ("sbert-int8", "st-int8", 1.1), ("sbert-int8", "sbert-auto", None),
+]
 GPU_CONTENDERS = {
     "sbert-auto": Contender("sbert-auto", "fp16", "sbert encode (defaults: fp16, auto batches)"),
     "st-fp16-32": Contender("st-fp16-32", "fp16", "sentence-transformers .half(), batch 32", 32),
@@ -271,6 +312,22 @@ def export_openvino(python: str, model_dir: Path, target: Path) -> Path:
     return target
 
 
+def export_st_int8(python: str, openvino_model: Path, target: Path, work: Path) -> Path:
+    """sentence-transformers' int8 OpenVINO model of the stand-in, made once (not timed), calibrated on 300 sentences
+    of the evaluation sets' train and test splits (the corpus is drawn from the others)."""
+    if (target / "openvino" / "openvino_model_qint8_quantized.xml").exists():
+        return target
+    texts = work / "st-int8-calibration.jsonl"
+    sentences = unique_sentences(EXTRA_SETS)
+    write_corpus(texts, random.Random(5).sample(sentences, 300))
+    started = time.perf_counter()
+    done = subprocess.run([python, "-c", ST_INT8_EXPORT, str(openvino_model), str(texts), str(target)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"sentence-transformers' int8 export failed:\n{done.stderr[-3000:]}")
+    print(f"sentence-transformers' int8 OpenVINO export (once, not timed): {time.perf_counter() - started:.1f} s")
+    return target
+
+
 @dataclass
 class Setup:
     model_dir: Path
@@ -278,6 +335,7 @@ class Setup:
     openvino_python: str | None
     device: str
     batch_size: int | None  # for every contender; None: sbert's auto, and each peer's own (ST's is 32)
+    st_int8_model: Path | None = None  # sentence-transformers' int8 OpenVINO export of the stand-in
 
 
 def sbert_command(setup: Setup, corpus: Path, out: Path, *options: str) -> list[str]:
@@ -293,14 +351,15 @@ def run_once(contender: Contender, setup: Setup, corpus: Path, out: Path) -> dic
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "true"}
     batch_size = str(setup.batch_size or contender.batch_size or 32)
     if contender.name.startswith("sbert"):
-        precision = "fp32" if contender.name == "sbert-fp32" else "auto"
+        precision = {"sbert-fp32": "fp32", "sbert-int8": "int8"}.get(contender.name, "auto")
         backend = "torch" if contender.name == "sbert-torch" else "auto"
         # On a GPU its own stage timings come along: which of reading, tokenizing, the device and writing bounds the run.
         shown = "--verbose" if setup.device != "cpu" else "-q"
         args = sbert_command(setup, corpus, out, "--precision", precision, "--backend", backend, shown)
-    elif contender.name == "st-openvino":
-        assert setup.openvino_python and setup.openvino_model
-        args = [setup.openvino_python, "-c", PEER, contender.name, str(setup.openvino_model), str(corpus), str(out), "cpu", batch_size]
+    elif contender.name in ("st-openvino", "st-int8"):
+        model = setup.openvino_model if contender.name == "st-openvino" else setup.st_int8_model
+        assert setup.openvino_python and model
+        args = [setup.openvino_python, "-c", PEER, contender.name, str(model), str(corpus), str(out), "cpu", batch_size]
     else:
         args = [sys.executable, "-c", PEER, contender.name, str(setup.model_dir), str(corpus), str(out), setup.device, batch_size]
     started = time.perf_counter()
@@ -480,16 +539,19 @@ def main() -> None:
     else:
         # The default CPU run: fp32 against ST fp32 on 2,200 rows, then sbert's default against ST bf16 and
         # ST + OpenVINO on a batch job's 11,000 rows (with sbert on torch's backend alongside).
-        groups = [(2200, ["sbert-fp32", "st-fp32"]), (11_000, ["sbert-auto", "sbert-torch", "st-bf16", "st-openvino"])]
+        groups = [(2200, ["sbert-fp32", "st-fp32"]), (11_000, ["sbert-auto", "sbert-torch", "st-bf16", "st-openvino", "sbert-int8", "st-int8"])]
     if not bf16 and not args.contenders:
         print("bf16: not measured: this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 is emulated and slower than fp32")
         kept = [(group_rows, [name for name in names if name not in BF16_CONTENDERS]) for group_rows, names in groups]
         groups = [(group_rows, names) for group_rows, names in kept if names]
-    if any("st-openvino" in names for _, names in groups):
+    if any("st-openvino" in names or "st-int8" in names for _, names in groups):
         setup.openvino_python = openvino_python(work, args.openvino_python)
         setup.openvino_model = export_openvino(setup.openvino_python, model_dir, work / "standin-openvino")
+    if any("st-int8" in names for _, names in groups):
+        assert setup.openvino_python and setup.openvino_model
+        setup.st_int8_model = export_st_int8(setup.openvino_python, setup.openvino_model, work / "standin-openvino-int8", work)
     if not gpu:
-        prepare_sbert(model_dir)
+        prepare_sbert(model_dir, int8=any("sbert-int8" in names for _, names in groups))
     if not (args.contenders or args.rows) or args.startup:
         # sbert sim A B and a one-row encode, whole processes, against their goals; on a GPU too, wherever one is at hand
         startup_table(model_dir, work, args.device, 3 if gpu else 5, setup.openvino_python, setup.openvino_model)
@@ -501,13 +563,19 @@ def main() -> None:
         device_profile(setup, work / f"corpus-{groups[-1][0]}.jsonl")
 
 
-def prepare_sbert(model_dir: Path) -> None:
-    """What sbert does once per model, untimed (as ST's OpenVINO export is): its OpenVINO conversion, when it uses one."""
+def prepare_sbert(model_dir: Path, int8: bool = False) -> None:
+    """What sbert does once per model, untimed (as ST's OpenVINO export is): its OpenVINO conversion, when it uses one,
+    and its int8 quantization with the quality gate's figures."""
     from sbert_cli.encoder import load_encoder
 
     started = time.perf_counter()
     encoder = load_encoder(str(model_dir), device="cpu")
     print(f"sbert's default backend here: {encoder.backend.name} (first load, with any one-time conversion: {time.perf_counter() - started:.1f} s)")
+    if int8:
+        started = time.perf_counter()
+        quantized = load_encoder(str(model_dir), device="cpu", precision="int8")
+        figures = ", ".join(f"{name} {value}" for name, value in quantized.info.quality)
+        print(f"sbert --precision int8: {quantized.backend.name} (first load, with its one-time quantization: {time.perf_counter() - started:.1f} s; gate: {figures})")
 
 
 def run_group(setup: Setup, work: Path, contenders: list[Contender], rows: int, rounds: int, gpu: bool) -> None:
@@ -536,7 +604,7 @@ def run_group(setup: Setup, work: Path, contenders: list[Contender], rows: int, 
     shape = "65536" if gpu else "2048"
     print(f"matmul peak ({shape} x 768 x 3072): " + ", ".join(f"{p} {peaks[p]:.0f} GFLOP/s" for p in precisions))
     (report_gpu if gpu else report)(results, startup, contenders, rows, tokens, flops, peaks)
-    parity(work, contenders)
+    parity(work, contenders, setup, corpus)
     print("times are medians over rounds of whole processes (start to Parquet on disk); start-up is the same process on one row")
 
 
@@ -573,17 +641,27 @@ def device_profile(setup: Setup, corpus: Path, window: int = 50_000) -> None:
     print(profiler.key_averages().table(sort_by="self_device_time_total", row_limit=14, max_name_column_width=60))
 
 
-def parity(work: Path, contenders: list[Contender]) -> None:
+def parity(work: Path, contenders: list[Contender], setup: Setup | None = None, corpus: Path | None = None) -> None:
+    """Min cosine to fp32 vectors of the same corpus: to ST fp32 when it ran; for int8 contenders, to sbert
+    --precision fp32 (run once here, untimed, when it did not run)."""
     from sbert_cli.similarity import cosine_rows
 
     names = {c.name for c in contenders}
     reference = "st-fp32" if "st-fp32" in names else None
-    if reference is None:
+    if reference is not None:
+        theirs = load_vectors(work / f"out-{reference}.parquet")
+        for name in sorted(names - {reference}):
+            cosine = cosine_rows(load_vectors(work / f"out-{name}.parquet"), theirs).min()
+            print(f"min cosine to sentence-transformers fp32: {name} {cosine:.6f}")
+    quantized = sorted(names & set(INT8_CONTENDERS))
+    if not quantized or setup is None or corpus is None:
         return
-    theirs = load_vectors(work / f"out-{reference}.parquet")
-    for name in sorted(names - {reference}):
-        cosine = cosine_rows(load_vectors(work / f"out-{name}.parquet"), theirs).min()
-        print(f"min cosine to sentence-transformers fp32: {name} {cosine:.6f}")
+    if "sbert-fp32" not in names:
+        run_once(CPU_CONTENDERS["sbert-fp32"], setup, corpus, work / "out-sbert-fp32.parquet")
+    fp32 = load_vectors(work / "out-sbert-fp32.parquet")
+    for name in quantized:
+        cosine = cosine_rows(load_vectors(work / f"out-{name}.parquet"), fp32)
+        print(f"int8 against fp32 (sbert --precision fp32): {name} min cosine {cosine.min():.6f}, mean {cosine.mean():.6f}")
 
 
 if __name__ == "__main__":

@@ -97,8 +97,11 @@ def test_each_device_tries_the_bert_backends_then_transformers() -> None:
     from sbert_cli.backends.cuda import CudaBert
     from sbert_cli.backends.onednn import OneDnnBert
     from sbert_cli.backends.openvino_bert import OpenVinoBert
+    from sbert_cli.backends.openvino_int8 import OpenVinoInt8Bert
 
-    cpu, cuda = (OpenVinoBert.load, OneDnnBert.load, TransformersModel.load), (CudaBert.load, TransformersModel.load)
+    # --precision int8's loader first everywhere: it runs int8 or refuses it in one line, so no other backend sees it.
+    int8 = OpenVinoInt8Bert.load
+    cpu, cuda = (int8, OpenVinoBert.load, OneDnnBert.load, TransformersModel.load), (int8, CudaBert.load, TransformersModel.load)
     assert backends.BACKENDS == {"cpu": cpu, "cuda": cuda}
-    openvino = (OpenVinoBert.load_chosen,)
-    assert backends.CHOSEN == {"openvino": {"cpu": openvino, "cuda": openvino}, "torch": {"cpu": cpu[1:], "cuda": cuda}}
+    openvino = (int8, OpenVinoBert.load_chosen)
+    assert backends.CHOSEN == {"openvino": {"cpu": openvino, "cuda": openvino}, "torch": {"cpu": (int8, *cpu[2:]), "cuda": cuda}}

@@ -237,8 +237,8 @@ def test_auto_precision(monkeypatch: pytest.MonkeyPatch) -> None:
     from sbert_cli.job import ModelOptions
 
     with pytest.raises(UsageError) as error:
-        ModelOptions(precision="int8")
-    assert str(error.value) == "--precision int8: expected one of auto, fp32, bf16, fp16"
+        ModelOptions(precision="int4")
+    assert str(error.value) == "--precision int4: expected one of auto, fp32, bf16, fp16, int8"
 
 
 class _RunsCode:

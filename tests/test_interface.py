@@ -71,7 +71,7 @@ def test_help_groups_options_in_panels_and_lists_the_choices() -> None:
     assert result.returncode == 0
     for panel in ("Input", "Model", "Batching", "Output", "Unattended runs", "Ray"):
         assert re.search(rf"╭─ {panel} ─", result.stdout), panel
-    for choices in ("<csv|tsv|jsonl|parquet>", "<auto|cpu|cuda|cuda:N>", "<auto|fp32|bf16|fp16>", "<float32|float16|int8|uint8|binary|ubinary>", "<fail|skip>", "<local|ray>"):
+    for choices in ("<csv|tsv|jsonl|parquet>", "<auto|cpu|cuda|cuda:N>", "<auto|fp32|bf16|fp16|int8>", "<float32|float16|int8|uint8|binary|ubinary>", "<fail|skip>", "<local|ray>"):
         assert choices in result.stdout, choices
 
 
@@ -92,14 +92,14 @@ def test_help_draws_flags_as_flags_and_every_value_one_way(command: str, usage: 
         assert wrong not in page, wrong
     assert re.search(flag, page), flag  # a flag is followed by its help, not by a value's metavar
     assert re.search(r"--help +Show this message and exit\.", page)
-    for choices in (r"--precision +<auto\|fp32\|bf16\|fp16>", r"--device +<auto\|cpu\|cuda\|cuda:N>"):
+    for choices in (r"--precision +<auto\|fp32\|bf16\|fp16\|int8>", r"--device +<auto\|cpu\|cuda\|cuda:N>"):
         assert re.search(choices, page), choices
 
 
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
-        ("--precision", "int8", "Invalid value for '--precision': 'int8' is not one of 'auto', 'fp32', 'bf16', 'fp16'."),
+        ("--precision", "int4", "Invalid value for '--precision': 'int4' is not one of 'auto', 'fp32', 'bf16', 'fp16', 'int8'."),
         ("--device", "gpu", "Invalid value for '--device': 'gpu' is not one of 'auto', 'cpu', 'cuda', 'cuda:N'."),
         ("--on-error", "ignore", "Invalid value for '--on-error': 'ignore' is not one of 'fail', 'skip'."),
         ("--engine", "spark", "Invalid value for '--engine': 'spark' is not one of 'local', 'ray'."),

@@ -13,19 +13,22 @@ from sbert_cli.backends.base import Backend, BackendLoader, Target
 from sbert_cli.backends.cuda import CudaBert
 from sbert_cli.backends.onednn import OneDnnBert
 from sbert_cli.backends.openvino_bert import OpenVinoBert
+from sbert_cli.backends.openvino_int8 import OpenVinoInt8Bert
 from sbert_cli.errors import ModelError
 from sbert_cli.model.description import ModelDescription
 
 # For each kind of device (a torch device's type), the backends `--backend auto` tries in order: the first that
 # runs the model wins. OpenVINO's loader declines where it is not installed or was not measured ahead.
+# --precision int8's loader comes first everywhere: it runs the model, or says in one line why int8 cannot run, so
+# that no other backend ever runs an int8 request at another precision.
 BACKENDS: dict[str, tuple[BackendLoader, ...]] = {
-    "cpu": (OpenVinoBert.load, OneDnnBert.load, TransformersModel.load),
-    "cuda": (CudaBert.load, TransformersModel.load),
+    "cpu": (OpenVinoInt8Bert.load, OpenVinoBert.load, OneDnnBert.load, TransformersModel.load),
+    "cuda": (OpenVinoInt8Bert.load, CudaBert.load, TransformersModel.load),
 }
 # What the other `--backend` choices try, for each kind of device (OpenVINO's loader says itself where it cannot run).
 CHOSEN: dict[str, dict[str, tuple[BackendLoader, ...]]] = {
-    "openvino": {"cpu": (OpenVinoBert.load_chosen,), "cuda": (OpenVinoBert.load_chosen,)},
-    "torch": {"cpu": (OneDnnBert.load, TransformersModel.load), "cuda": BACKENDS["cuda"]},
+    "openvino": {"cpu": (OpenVinoInt8Bert.load, OpenVinoBert.load_chosen), "cuda": (OpenVinoInt8Bert.load, OpenVinoBert.load_chosen)},
+    "torch": {"cpu": (OpenVinoInt8Bert.load, OneDnnBert.load, TransformersModel.load), "cuda": BACKENDS["cuda"]},
 }
 
 

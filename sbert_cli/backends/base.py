@@ -45,7 +45,7 @@ class Target:
     """
 
     device: str  # "cpu", "cuda", "cuda:1"
-    precision: str  # fp32, bf16 or fp16
+    precision: str  # fp32, bf16, fp16 or int8
     pad_id: int
     pooling: Pooling
     head_layers: tuple[HeadLayer, ...] = ()
@@ -70,7 +70,8 @@ class Target:
         import torch
 
         self.torch_device  # noqa: B018 -- torch's threads are set before any backend computes
-        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+        # int8: the products are the quantized model's (backends.openvino_int8); what reaches pooling is float32.
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float32}[self.precision]
 
     @cached_property
     def head(self) -> Callable[[Any], Any]:

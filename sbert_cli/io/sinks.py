@@ -61,6 +61,7 @@ def describe_vectors(info: ModelInfo, dtype: str) -> dict[str, str]:
     }
     if info.truncate_dim is not None:
         metadata["sbert.truncate_dim"] = str(info.truncate_dim)
+    metadata.update({f"sbert.{name}": value for name, value in info.quality})
     return metadata
 
 

@@ -21,8 +21,9 @@ from sbert_cli.durable import publish_folder
 # The folders in a model's transformer directory where sbert keeps what it derives from the model's files: never part
 # of what identifies the model (the --cache fingerprint skips them).
 OPENVINO_CONVERSIONS = "sbert-openvino"
+OPENVINO_INT8 = "sbert-openvino-int8"  # --precision int8: the conversion quantized, with its quality gate
 SAVED_TOKENIZERS = "sbert-tokenizer"
-DERIVED_FOLDERS = (OPENVINO_CONVERSIONS, SAVED_TOKENIZERS)
+DERIVED_FOLDERS = (OPENVINO_CONVERSIONS, OPENVINO_INT8, SAVED_TOKENIZERS)
 
 
 OPTIONS_FILE = "options.json"  # what a folder was derived under; written last, so its presence marks a complete folder

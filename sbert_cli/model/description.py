@@ -30,6 +30,7 @@ class ModelInfo:
     prompt: str = ""  # put before every text ('' for none)
     similarity: str = "cosine"  # what sim and evaluate compare vectors by
     truncate_dim: int | None = None
+    quality: tuple[tuple[str, str], ...] = ()  # --precision int8: its quality gate's figures, known once it is loaded
 
 
 @dataclass(frozen=True)
