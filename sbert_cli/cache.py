@@ -278,6 +278,3 @@ class VectorCache:
         self.file.close()
 
 
-def open_cache(path: str | None) -> VectorCache | None:
-    """--cache PATH's cache, or None without one."""
-    return None if path is None else VectorCache(path)

@@ -255,7 +255,7 @@ def sim(
     with _user_errors(prints=True):
         if len(sentences) < 2:
             raise UsageError('sim needs at least two sentences: sbert sim "句子A" "句子B"')
-        source = model_source(ModelOptions(model, device, precision, max_length, False, prompt, prompt_name, truncate_dim, similarity, backend), cache)
+        source = model_source(ModelOptions(model, device, precision, max_length, False, prompt, prompt_name, truncate_dim, similarity, backend, few_texts=True), cache)
         vectors = embed_texts(sentences, source)
         function = source.info.similarity
         scores = similarity_rows(vectors[1:], vectors[:1].repeat(len(sentences) - 1, axis=0), function)

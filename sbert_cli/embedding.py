@@ -327,9 +327,16 @@ def _quoted(texts: list[str], index: int) -> str:
     return f"text {index + 1} ('{text[:20]}{'...' if len(text) > 20 else ''}')"
 
 
+def open_cache(path: str | None) -> VectorCache | None:
+    """--cache PATH's cache, or None without one (the cache module, and SQLite, imported only for one)."""
+    if path is None:
+        return None
+    from sbert_cli.cache import VectorCache
+
+    return VectorCache(path)
+
+
 def model_source(options: ModelOptions, cache_path: str | None, notice: Callable[[str], None] = on_stderr) -> ModelSource:
     """The model for sim and evaluate: described now, loaded only if the cache cannot answer."""
     # Looked up on the module at each call: the tests put a fake model in its place.
-    from sbert_cli.cache import open_cache
-
     return ModelSource.for_handle(encoders.open_model(options), open_cache(cache_path), notice)

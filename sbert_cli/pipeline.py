@@ -11,8 +11,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from sbert_cli.batching import iter_windows
-from sbert_cli.cache import open_cache
-from sbert_cli.embedding import ModelSource, TextWork, finish_texts, on_stderr, prepare_texts
+from sbert_cli.embedding import ModelSource, TextWork, finish_texts, on_stderr, open_cache, prepare_texts
 from sbert_cli.errors import InputDataError
 from sbert_cli.io.output import open_output
 from sbert_cli.io.readers import BadRow, Extent, Record, iter_rows, split_window

@@ -31,9 +31,11 @@ def confirm_delivered(stream: IO[str]) -> None:
         return
     poller = select.poll()
     poller.register(fd, 0)  # POLLERR (no reader left) is reported whatever the mask
+    wait_ms = 1  # a reader that is there takes a few lines at once: asked again soon, then less and less often
     while _unread(fd):
-        if poller.poll(_CHECK_MS):
+        if poller.poll(wait_ms):
             raise BrokenPipeError(errno.EPIPE, "the reader of stdout went away before reading everything")
+        wait_ms = min(2 * wait_ms, _CHECK_MS)
     if poller.poll(0):
         raise BrokenPipeError(errno.EPIPE, "the reader of stdout went away before reading everything")
 

@@ -61,6 +61,7 @@ class ModelDescription:
     head: tuple[HeadLayer, ...] = ()  # after pooling: the model's modules, then --truncate-dim and --normalize
     backend: str = "auto"  # --backend: which backend runs it (backends.load_backend)
     threads: int | None = None  # CPU threads for its forward pass (None: every core the process may use)
+    few_texts: bool = False  # ModelOptions.few_texts
 
 
 def describe_model(options: ModelOptions) -> ModelDescription:
@@ -88,7 +89,7 @@ def describe_model(options: ModelOptions) -> ModelDescription:
         similarity=options.similarity or card.similarity or "cosine",
         truncate_dim=options.truncate_dim,
     )
-    return ModelDescription(directory, layout, info, config, head, options.backend, options.threads)
+    return ModelDescription(directory, layout, info, config, head, options.backend, options.threads, options.few_texts)
 
 
 def _refuse_remote_code(transformer_dir: Path, config: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ class ModelOptions:
     similarity: str | None = None  # None: the model's own (cosine when it names none)
     backend: str = "auto"  # what runs the forward pass: backends.load_backend
     threads: int | None = None  # CPU threads for the forward pass (None: every core the process may use)
+    few_texts: bool = False  # a handful of texts (sim): a backend readies the model for one batch's latency
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
