@@ -15,7 +15,7 @@ from sbert_cli.io.output import open_output
 from sbert_cli.io.paths import DirectoryLayout
 from sbert_cli.ray_rounds import Round, finished_rounds, how_far, listed_rounds, next_shard_number, plan_rounds, recorded_options, round_bytes, shard_entry
 from sbert_cli.repeated_ids import RepeatedIds, repeated_error
-from sbert_cli.io.storage import StorePath, arrow_filesystem, aws_environment, move
+from sbert_cli.io.storage import StorePath, arrow_filesystem, aws_environment, move, remove_tree
 from sbert_cli.job import EncodeJob, RayOptions
 from sbert_cli.ray_tasks import EncodeBatches, read_files, window_rows
 from sbert_cli.words import plural
@@ -294,30 +294,7 @@ def _write_dataset(job: EncodeJob, plan: RayPlan, layout: DirectoryLayout, files
 
 def remove_staging(staging: Path | StorePath) -> None:
     """The staging folder (prefix) and whatever it holds."""
-    import shutil
-
-    if isinstance(staging, StorePath):
-        filesystem, where = arrow_filesystem(staging)
-        try:
-            filesystem.delete_dir(where)
-        except OSError:
-            pass  # absent
-        return
-    shutil.rmtree(staging, ignore_errors=True)
-
-
-def remove_staging(staging: Path | StorePath) -> None:
-    """The staging folder (prefix) and whatever it holds."""
-    import shutil
-
-    if isinstance(staging, StorePath):
-        filesystem, where = arrow_filesystem(staging)
-        try:
-            filesystem.delete_dir(where)
-        except OSError:
-            pass  # absent
-        return
-    shutil.rmtree(staging, ignore_errors=True)
+    remove_tree(staging)
 
 
 def _repeated_ids(job: EncodeJob, staged: list[Path | StorePath]) -> str | None:

@@ -13,6 +13,7 @@ import fnmatch
 import functools
 import io
 import os
+import shutil
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -221,6 +222,17 @@ def move(source: Path | StorePath, target: Path | StorePath) -> None:
             source._retried(lambda: source.fs.move(str(source.posix), str(target.posix)))
     else:
         os.replace(source, target)  # type: ignore[arg-type]
+
+
+def remove_tree(path: Path | StorePath) -> None:
+    """A folder (a store's prefix) and everything under it; one already gone is fine."""
+    if isinstance(path, StorePath):
+        try:
+            path.fs.delete_dir(str(path.posix))
+        except OSError:
+            pass  # absent
+        return
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def size_of(path: Path | StorePath) -> int | None:
