@@ -50,6 +50,22 @@ def writable_folder(folder: Path) -> Path | None:
     return folder if os.access(folder, os.W_OK) else None
 
 
+def compile_on_cpu(model: Path | Any, precision: str, threads: int, latency: bool = False) -> Any:
+    """A model on disk (through OpenVINO's model cache) or a graph in memory, compiled for the CPU at `precision`
+    (OpenVINO's name: f32 or bf16), for throughput or, with `latency`, one stream."""
+    openvino = openvino_runtime()
+    config = {
+        "INFERENCE_PRECISION_HINT": precision,
+        "PERFORMANCE_HINT": "LATENCY" if latency else "THROUGHPUT",
+        "INFERENCE_NUM_THREADS": threads,
+        "CPU_RUNTIME_CACHE_CAPACITY": RUNTIME_CACHE_ENTRIES,
+    }
+    core = openvino.Core()
+    if isinstance(model, Path):
+        return core.compile_model(str(model), "CPU", with_compiled_cache(openvino, core, config))
+    return core.compile_model(model, "CPU", config)
+
+
 def with_compiled_cache(openvino: Any, core: Any, config: dict[str, Any]) -> dict[str, Any]:
     """The compile options with OpenVINO's model cache on, where the user's cache directory can hold it. Its files
     keep the compiled graph only where the runtime can (its "optimize size" mode, OpenVINO 2024.5 on): the weights
@@ -124,19 +140,12 @@ class OpenVinoBert:
     def _compiled(cls, model: ModelDescription, target: Target) -> OpenVinoBert | None:
         """The model converted (once) and compiled for the target; None where its checkpoint is not one file sbert's
         BERT reads; a ModelError where OpenVINO fails on it."""
-        openvino = openvino_runtime()
-        config = {
-            "INFERENCE_PRECISION_HINT": "bf16" if target.precision == "bf16" else "f32",
-            "PERFORMANCE_HINT": "LATENCY" if model.few_texts else "THROUGHPUT",  # one stream compiles and starts sooner
-            "INFERENCE_NUM_THREADS": target.threads,
-            "CPU_RUNTIME_CACHE_CAPACITY": RUNTIME_CACHE_ENTRIES,
-        }
         try:
             model_xml = converted_model(model)
             if model_xml is None:
                 return None
-            core = openvino.Core()
-            return cls(core.compile_model(str(model_xml), "CPU", with_compiled_cache(openvino, core, config)), target)
+            # a few texts (sim): the latency hint's one stream compiles and starts sooner
+            return cls(compile_on_cpu(model_xml, "bf16" if target.precision == "bf16" else "f32", target.threads, model.few_texts), target)
         except SbertError:
             raise
         except Exception as exc:  # the converter's and the runtime's errors have no common class

@@ -14,8 +14,7 @@ import numpy as np
 
 from sbert_cli.backends.base import Target
 from sbert_cli.backends.bert import bert_supported
-from sbert_cli.backends.openvino_bert import RUNTIME_CACHE_ENTRIES, OpenVinoBert, openvino_installed, with_compiled_cache
-from sbert_cli.backends.openvino_runtime import openvino_runtime
+from sbert_cli.backends.openvino_bert import OpenVinoBert, compile_on_cpu, openvino_installed
 from sbert_cli.backends.openvino_export import conversion_options, converted_model
 from sbert_cli.errors import ModelError, UsageError
 from sbert_cli.model.derived import OPENVINO_INT8, derived_roots, find_derived, write_derived
@@ -113,17 +112,7 @@ def runtime_precision() -> str:
 def compile_for(model_xml: Path | Any, target: Target, precision: str | None = None) -> Any:
     """The int8 model on disk (through OpenVINO's model cache, as openvino_bert compiles), or a graph in memory (the
     gate's), compiled for throughput."""
-    openvino = openvino_runtime()
-    config = {
-        "INFERENCE_PRECISION_HINT": precision or runtime_precision(),
-        "PERFORMANCE_HINT": "THROUGHPUT",
-        "INFERENCE_NUM_THREADS": target.threads,
-        "CPU_RUNTIME_CACHE_CAPACITY": RUNTIME_CACHE_ENTRIES,
-    }
-    core = openvino.Core()
-    if isinstance(model_xml, Path):
-        return core.compile_model(str(model_xml), "CPU", with_compiled_cache(openvino, core, config))
-    return core.compile_model(model_xml, "CPU", config)
+    return compile_on_cpu(model_xml, precision or runtime_precision(), target.threads)
 
 
 def quantization_options(model: ModelDescription) -> dict[str, Any]:
