@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from sbert_cli.errors import EXIT_CLUSTER, ClusterError, UsageError, first_line
+from sbert_cli.words import plural
 
 CONNECT_SECONDS = 20.0  # an address where nothing answers for this long fails, within the ~30 s users wait
 LOST_SECONDS = 8.0  # a head that stops answering for this long mid-run ends the run (Ray itself waits 60 s, then kills it)
@@ -203,6 +204,35 @@ def _joined(address: str | None, cores: int, verbose: bool, notice: Callable[[st
         watch.stop()
         if not watch.lost:  # a lost head would make shutdown wait for it
             ray.shutdown()
+
+
+def check_room(address: str, workers: int, cpus_per_worker: float, gpus_per_worker: float) -> None:
+    """A named cluster too small for the actor pool plus a reading task: Ray Data would wait for room forever, so the
+    run stops in one line with what fits. Actors are placed node by node, as Ray must (an actor is never split)."""
+    import ray
+
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    free_cpus, placed = [], 0
+    for resources in nodes:
+        cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
+        fit = min(
+            int(cpus // cpus_per_worker) if cpus_per_worker > 0 else workers,
+            int(gpus // gpus_per_worker) if gpus_per_worker > 0 else workers,
+            workers - placed,
+        )
+        placed += fit
+        free_cpus.append(cpus - fit * cpus_per_worker)
+    if placed >= workers and max(free_cpus, default=0) >= 1:
+        return
+    reading = max(free_cpus, default=0) >= 1
+    fitting = placed if reading or placed == 0 else placed - 1
+    gpus = f" x --gpus-per-worker {gpus_per_worker:g}" if gpus_per_worker else ""
+    total = sum(float(resources.get("CPU", 0)) for resources in nodes)
+    raise ClusterError(
+        f"the Ray cluster at {address} has room for {plural(fitting, 'worker')} of --cpus-per-worker {cpus_per_worker:g}{gpus} "
+        f"beside a CPU for reading ({total:g} CPUs on {plural(len(nodes), 'node')}), not {workers}; "
+        + (f"pass --workers {fitting}, or add nodes" if fitting else "add nodes, or pass a smaller --cpus-per-worker")
+    )
 
 
 def connect_error(address: str | None, error: BaseException) -> ClusterError:

@@ -114,7 +114,7 @@ def run_ray_job(job: EncodeJob, plan: RayPlan, notice: Callable[[str], None] = l
         import ray  # noqa: F401
     except ImportError:
         raise UsageError("--engine ray needs Ray: pip install 'sbert-cli[ray]'") from None
-    from sbert_cli.ray_cluster import ray_session
+    from sbert_cli.ray_cluster import check_room, ray_session
 
     assert job.ray is not None
     job = for_workers(replace(job, ray=replace(plan.options, model_is_path=False)))
@@ -127,6 +127,8 @@ def run_ray_job(job: EncodeJob, plan: RayPlan, notice: Callable[[str], None] = l
             return RayResult(0, 0, 0, 0.0, nothing_to_do=True)
         try:
             with ray_session(job.ray.address, plan.cores, verbose, notice) as watch:
+                if job.ray.address is not None:
+                    check_room(job.ray.address, plan.workers, plan.options.cpus_per_worker, plan.options.gpus_per_worker)
                 notice(f"sbert: encoding {plural(len(plan.inputs), 'file')} with {plural(plan.workers, 'worker')} on {plan.where(job.ray)}")
                 try:
                     progress.run(job, plan, output.check)

@@ -30,7 +30,7 @@ def run_supervised(job: EncodeJob, plan: RayPlan, notice: Any, verbose: bool) ->
     pipe. A child that ends without either was ended by Ray: the line then says what the manifest holds."""
     context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=_drive, args=(job, plan, verbose, send), name="sbert-ray-driver")
+    child = context.Process(target=_drive, args=(job, plan, verbose, send, os.getpid()), name="sbert-ray-driver")
     child.start()
     send.close()
     stopped: list[int] = []
@@ -74,9 +74,10 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _drive(job: EncodeJob, plan: RayPlan, verbose: bool, send: Connection) -> None:
+def _drive(job: EncodeJob, plan: RayPlan, verbose: bool, send: Connection, command_pid: int) -> None:
     from sbert_cli.ray_engine import run_ray_job
 
+    _end_with_the_command(command_pid)
     try:
         result = run_ray_job(job, plan, lambda message: send.send(("notice", message)), verbose)
     except SbertError as error:
@@ -86,6 +87,30 @@ def _drive(job: EncodeJob, plan: RayPlan, verbose: bool, send: Connection) -> No
         send.send(("error", "Interrupted", "stopped by SIGINT", 130))
         return
     send.send(("result", result))
+
+
+def _end_with_the_command(command_pid: int) -> None:
+    """The driver dies with the command: a command killed outright (kill -9, a cron timeout's SIGKILL, the OOM killer)
+    must not leave its driver publishing rounds and holding the output's lock unseen, where the user's next --resume
+    would find the output busy. Linux ends it at once (the parent-death signal); elsewhere a thread watches."""
+    import sys
+    import threading
+    import time
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != command_pid:  # gone before the signal was set
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == command_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="sbert-command-watch", daemon=True).start()
 
 
 def _rebuilt(kind: str, message: str, exit_code: int) -> SbertError:

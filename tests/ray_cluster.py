@@ -1,13 +1,15 @@
 """A real multi-node Ray cluster on 127.0.0.1 for the tests, owned by a child process of its own.
 
-`python -m tests.ray_cluster NODES` starts a head and NODES-1 worker nodes (ray.cluster_utils.Cluster, one CPU
-each), prints the head's address, then obeys lines on stdin: `kill-head` and `kill-node` (the last worker node,
-killed without warning, as a lost machine), `quit` (or end of input) to shut everything down. Owning the cluster in a
+`python -m tests.ray_cluster NODES GPUS HEAD_CPUS NODE_ENV` starts a head and NODES-1 worker nodes
+(ray.cluster_utils.Cluster, one CPU each unless HEAD_CPUS says otherwise; NODE_ENV, JSON, is the worker nodes'
+raylets' environment), prints the head's address, then obeys lines on stdin: `kill-head` and `kill-node` (the last
+worker node, killed without warning, as a lost machine), `quit` (or end of input) to shut everything down. Owning the cluster in a
 child keeps the test process free of its state, and everything the cluster started is that child's to stop.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -23,10 +25,13 @@ LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disa
 class RayCluster:
     """The child process and its cluster: `address`, `kill_head()`, `kill_node()`, `close()`."""
 
-    def __init__(self, nodes: int, env: dict[str, str] | None = None, num_gpus: int = 0) -> None:
+    def __init__(
+        self, nodes: int, env: dict[str, str] | None = None, num_gpus: int = 0, head_cpus: int = 1, node_env: dict[str, str] | None = None
+    ) -> None:
+        """`env` for every node, `node_env` for the worker nodes' raylets only (what their workers see)."""
         environment = {**os.environ, **LOOPBACK_ENV, **(env or {})}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.ray_cluster", str(nodes), str(num_gpus)], cwd=ROOT, env=environment,
+            [sys.executable, "-m", "tests.ray_cluster", str(nodes), str(num_gpus), str(head_cpus), json.dumps(node_env or {})], cwd=ROOT, env=environment,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
         assert self.process.stdout is not None
@@ -68,10 +73,10 @@ def main() -> None:
         os.environ.setdefault(name, value)  # a test's own settings (token authentication) win
     from ray.cluster_utils import Cluster
 
-    nodes, gpus = int(sys.argv[1]), int(sys.argv[2])
+    nodes, gpus, head_cpus, node_env = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
     resources = {"num_cpus": 1, **({"num_gpus": gpus} if gpus else {})}
-    cluster = Cluster(initialize_head=True, head_node_args={**resources, "include_dashboard": False})
-    workers = [cluster.add_node(**resources) for _ in range(nodes - 1)]
+    cluster = Cluster(initialize_head=True, head_node_args={**resources, "num_cpus": head_cpus, "include_dashboard": False})
+    workers = [cluster.add_node(**resources, **({"env_vars": node_env} if node_env else {})) for _ in range(nodes - 1)]
     cluster.wait_for_nodes()
     print("address", cluster.address, flush=True)
     try:

@@ -260,6 +260,26 @@ def test_an_address_where_nothing_answers(tmp_path: Path, tiny_model_dir: Path) 
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.sbert").exists()
 
 
+def test_auto_with_no_cluster_running(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """--ray-address auto where `ray start` left nothing on this machine (Ray's record is under RAY_TMPDIR)."""
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"text": "好"}\n', encoding="utf-8")
+    ray_tmp = Path(tempfile.mkdtemp(prefix="sr", dir="/tmp"))
+    started = time.monotonic()
+    child = sbert_child(
+        "encode", source, "-o", tmp_path / "out", "--engine", "ray", "--ray-address", "auto", "--model", tiny_model_dir,
+        env={"RAY_TMPDIR": str(ray_tmp)}, drop=("RAY_ADDRESS",),
+    )
+    _, stderr = child.communicate(timeout=60)
+    assert time.monotonic() - started < 30
+    assert child.returncode == 4
+    assert stderr.splitlines() == [
+        "sbert: error: --ray-address auto: no Ray cluster is running on this machine; start it (ray start --head) or pass the address `ray start` printed"
+    ]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.sbert").exists()
+    os.rmdir(ray_tmp)
+
+
 def test_a_running_cluster_named_by_none(cluster, tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`ray start` records its cluster for the machine; a run without --ray-address says so and starts its own Ray
     (Ray would refuse ray.init(num_cpus=...) with a traceback)."""
@@ -323,6 +343,59 @@ def test_a_model_the_workers_cannot_load(on_cluster, tmp_path: Path, tiny_model_
     assert line.startswith(f"sbert: error: on Ray node 127.0.0.1: ") and str(missing) in line, line
     assert result.stderr.count("sbert: error:") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_a_cluster_too_small_for_the_workers(cluster, tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Three one-CPU nodes hold three actors but then no reading task: Ray Data would wait for room forever."""
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"text": "好"}\n', encoding="utf-8")
+    started = time.monotonic()
+    result = run("encode", source, "-o", tmp_path / "out", "--engine", "ray", "--ray-address", cluster.address, "--workers", "3", "--model", tiny_model_dir)
+    assert time.monotonic() - started < 30
+    assert result.exit_code == 4
+    assert error_of(result) == (
+        f"sbert: error: the Ray cluster at {cluster.address} has room for 2 workers of --cpus-per-worker 1 beside a CPU for reading "
+        "(3 CPUs on 3 nodes), not 3; pass --workers 2, or add nodes"
+    )
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.sbert").exists()
+
+
+def test_a_node_that_cannot_import_sbert(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """A worker node whose Python has no sbert (its raylet's PYTHONPATH puts a package first that fails as a missing
+    one does): named once, with the node and the fix, whatever the number of tasks that fail there."""
+    pytest.importorskip("ray", reason="the Ray tests need the extra: pip install -e '.[ray]' (make test-ray)")
+    console = Path(sys.executable).parent / "sbert"
+    if not console.exists():
+        pytest.skip(f"sbert is not installed as a command beside {sys.executable} (pip install -e .)")
+    shadow = tmp_path / "no-sbert" / "sbert_cli"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text('raise ModuleNotFoundError("No module named \'sbert_cli\'", name="sbert_cli")\n', encoding="utf-8")
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"text": text}, ensure_ascii=False) + "\n" for text in texts_for(40, "n")), encoding="utf-8")
+    # The head has no CPU for tasks: the actor and every read task go to the worker nodes, which have no sbert.
+    broken = RayCluster(3, head_cpus=0, node_env={"PYTHONPATH": str(shadow.parent)})
+    try:
+        started = time.monotonic()
+        # The installed command, run from a folder without sbert's source: Ray puts the driver's folder on its
+        # workers' path, which from the repository's root would let them import sbert anyway.
+        child = subprocess.Popen(
+            [str(console), "encode", source, "-o", tmp_path / "out", "--engine", "ray", "--ray-address", broken.address, "--workers", "1", "--model", tiny_model_dir],
+            cwd=tmp_path, env={**os.environ, **LOOPBACK_ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            _, stderr = child.communicate(timeout=120)
+        finally:
+            child.kill()  # our own child, should it hang
+        assert time.monotonic() - started < 45
+    finally:
+        broken.close()
+    assert child.returncode == 4, stderr
+    assert stderr.strip().splitlines()[-1] == (
+        "sbert: error: a Ray worker on Ray node 127.0.0.1 cannot import sbert (No module named 'sbert_cli'); install it there too "
+        "(pip install 'sbert-cli[ray]' on every node, or the same image for every node)"
+    )
+    assert stderr.count("sbert: error:") == 1 and "Traceback" not in stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.sbert").exists()
 
 
 def wait_for(condition, seconds: float, what: str) -> None:
@@ -390,6 +463,44 @@ def test_head_lost_then_resumed_on_a_new_cluster_that_loses_a_node(tmp_path: Pat
     assert_same(vectors, read_file(tmp_path / "local.parquet"))
     again = sbert_child(*command, env=rounds)
     assert again.communicate(timeout=120)[1].strip() == f"sbert: {out} is complete; nothing to do"
+
+
+def test_driver_killed_at_a_random_moment_then_resumed(cluster, tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The command killed outright (kill -9, as a cron timeout or the OOM killer does) at a random moment: its driver
+    goes with it (nothing goes on publishing unseen, the output is not left busy), and the same command with --resume
+    on the same cluster finishes with the rows of an uninterrupted run, encoding only what was not published."""
+    import random
+
+    seed = random.randrange(1 << 30)
+    chance = random.Random(seed)
+    sizes = {f"day={day}/part-0.jsonl": 20 + 5 * day for day in range(8)}
+    write_partitions(tmp_path / "in", sizes)
+    total = sum(sizes.values())
+    assert run("encode", tmp_path / "in", "-o", tmp_path / "local.parquet", "--model", tiny_model_dir, "-q").exit_code == 0
+    out = tmp_path / "out"
+    rounds = {"SBERT_RAY_ROUND_BYTES": "1"}  # a round a file: eight rounds
+    command = ["encode", tmp_path / "in", "-o", out, "--engine", "ray", "--ray-address", cluster.address, "--workers", "2", "--model", tiny_model_dir]
+    child = sbert_child(*command, env=rounds)
+    wanted = chance.randrange(0, 6)  # rounds published before the kill, then up to a second more
+    wait_for(lambda: published_rounds(out) >= wanted or child.poll() is not None, 120, f"{wanted} rounds published (seed {seed})")
+    time.sleep(chance.uniform(0, 1.0))
+    assert child.poll() is None, f"finished before the kill (seed {seed}): {child.communicate()[1]}"
+    drivers = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(child.pid)], capture_output=True, text=True).stdout.split()]
+    child.kill()
+    child.wait()
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in drivers), 10, f"the driver to go with the command (seed {seed})")
+    done = published_rounds(out)
+    assert done < 8, f"seed {seed}"
+    published = sum(pq.read_metadata(path).num_rows for path in out.glob("part-*.parquet")) if out.exists() else 0
+
+    resumed = sbert_child(*command, "--resume", env=rounds)
+    _, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, f"seed {seed}: {stderr}"
+    if done:
+        assert f"{done} of 8 rounds already done ({published} rows)" in stderr, f"seed {seed}: {stderr}"
+    assert f"sbert: {total - published} rows, " in stderr, f"seed {seed}: {stderr}"  # only what was not published
+    assert_same(read_dir(out), read_file(tmp_path / "local.parquet"))
+    assert not (tmp_path / "out.sbert" / "staging").exists()
 
 
 def test_an_actor_per_gpu_by_default() -> None:
