@@ -127,8 +127,8 @@ def run_ray_job(job: EncodeJob, plan: RayPlan, notice: Callable[[str], None] = l
             return RayResult(0, 0, 0, 0.0, nothing_to_do=True)
         try:
             with ray_session(job.ray.address, plan.cores, verbose, notice) as watch:
-                if job.ray.address is not None:
-                    check_room(job.ray.address, plan.workers, plan.options.cpus_per_worker, plan.options.gpus_per_worker)
+                if watch.address is not None:  # a named cluster (auto resolved); a local Ray was sized by plan_resources
+                    check_room(watch.address, plan.workers, plan.options.cpus_per_worker, plan.options.gpus_per_worker)
                 notice(f"sbert: encoding {plural(len(plan.inputs), 'file')} with {plural(plan.workers, 'worker')} on {plan.where(job.ray)}")
                 try:
                     progress.run(job, plan, output.check)

@@ -26,12 +26,17 @@ class RayCluster:
     """The child process and its cluster: `address`, `kill_head()`, `kill_node()`, `close()`."""
 
     def __init__(
-        self, nodes: int, env: dict[str, str] | None = None, num_gpus: int = 0, head_cpus: int = 1, node_env: dict[str, str] | None = None
+        self, nodes: int, env: dict[str, str] | None = None, num_gpus: int = 0, head_cpus: int = 1, node_env: dict[str, str] | None = None,
+        hidden: Path | None = None,
     ) -> None:
-        """`env` for every node, `node_env` for the worker nodes' raylets only (what their workers see)."""
+        """`env` for every node, `node_env` for the worker nodes' raylets only (what their workers see); `hidden`, a
+        folder every node sees empty (the cluster runs in a mount namespace of its own, as if on other machines)."""
         environment = {**os.environ, **LOOPBACK_ENV, **(env or {})}
+        command = [sys.executable, "-m", "tests.ray_cluster", str(nodes), str(num_gpus), str(head_cpus), json.dumps(node_env or {})]
+        if hidden is not None:
+            command = ["unshare", "--user", "--map-current-user", "--mount", "sh", "-c", 'mount -t tmpfs sbert-hidden "$0" && exec "$@"', str(hidden), *command]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.ray_cluster", str(nodes), str(num_gpus), str(head_cpus), json.dumps(node_env or {})], cwd=ROOT, env=environment,
+            command, cwd=ROOT, env=environment,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
         assert self.process.stdout is not None

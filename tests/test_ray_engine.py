@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -398,6 +400,31 @@ def test_a_node_that_cannot_import_sbert(tmp_path: Path, tiny_model_dir: Path) -
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.sbert").exists()
 
 
+def test_a_model_folder_the_nodes_do_not_have(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The model is a folder on the driver's disk only: the cluster runs where that folder is not (a mount namespace
+    of its own that sees it empty, as other machines would); named once, with the node and the fix."""
+    pytest.importorskip("ray", reason="the Ray tests need the extra: pip install -e '.[ray]' (make test-ray)")
+    if subprocess.run(["unshare", "--user", "--map-current-user", "--mount", "true"], capture_output=True).returncode != 0:
+        pytest.skip("unshare cannot make a user and mount namespace here, so no node can be without the driver's folder")
+    model = Path(shutil.copytree(tiny_model_dir, tmp_path / "driver-only" / "model"))
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"text": "好"}\n{"text": "坏"}\n', encoding="utf-8")
+    elsewhere = RayCluster(2, hidden=model.parent)
+    try:
+        started = time.monotonic()
+        result = run("encode", source, "-o", tmp_path / "out", "--engine", "ray", "--ray-address", elsewhere.address, "--workers", "1", "--model", model)
+        assert time.monotonic() - started < 45
+    finally:
+        elsewhere.close()
+    assert result.exit_code == 1, result.output
+    assert error_of(result) == (
+        f"sbert: error: --model {model}: no such folder on Ray node 127.0.0.1; put the model at the same path on every node "
+        "(or on storage they all mount), or pass a hub id"
+    )
+    assert result.stderr.count("sbert: error:") == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.sbert").exists()
+
+
 def wait_for(condition, seconds: float, what: str) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
@@ -413,23 +440,54 @@ def published_rounds(out: Path) -> int:
         return 0
 
 
-def test_head_lost_then_resumed_on_a_new_cluster_that_loses_a_node(tmp_path: Path, tiny_model_dir: Path) -> None:
-    """The head killed mid-run: one line within about 30 s that says what is published and that --resume finishes;
-    the same command with --resume on a new cluster encodes only the rounds not published, and survives one of
-    its worker nodes killed mid-run; the rows are those of an uninterrupted (local) run."""
-    pytest.importorskip("ray", reason="the Ray tests need the extra: pip install -e '.[ray]' (make test-ray)")
-    sizes = {f"day={day}/part-0.jsonl": 30 + 7 * day for day in range(8)}
+ROUNDS = {"SBERT_RAY_ROUND_BYTES": "1"}  # a round a file
+
+
+def eight_rounds(tmp_path: Path, tiny_model_dir: Path, smallest: int) -> int:
+    """Eight Hive partitions of growing size in tmp_path/in (eight rounds under ROUNDS), and the local engine's output
+    of them in tmp_path/local.parquet, which an interrupted and resumed run must equal; returns the rows."""
+    sizes = {f"day={day}/part-0.jsonl": smallest + 6 * day for day in range(8)}
     write_partitions(tmp_path / "in", sizes)
-    total = sum(sizes.values())
     assert run("encode", tmp_path / "in", "-o", tmp_path / "local.parquet", "--model", tiny_model_dir, "-q").exit_code == 0
+    return sum(sizes.values())
+
+
+@dataclass(frozen=True)
+class RandomMoment:
+    """When a test kills something mid-run: after a random number of rounds published, then up to a second more.
+    Its text (the seed, the rounds) goes into every failure message."""
+
+    seed: int
+    rounds: int
+
+    @classmethod
+    def wait(cls, child: subprocess.Popen, out: Path, least: int) -> RandomMoment:
+        import random
+
+        seed = random.randrange(1 << 30)
+        chance = random.Random(seed)
+        moment = cls(seed, chance.randrange(least, 6))
+        wait_for(lambda: published_rounds(out) >= moment.rounds or child.poll() is not None, 120, f"{moment.rounds} rounds published ({moment})")
+        time.sleep(chance.uniform(0, 1.0))
+        assert child.poll() is None, f"the run ended before the kill ({moment}): {child.communicate()[1]}"
+        return moment
+
+    def __str__(self) -> str:
+        return f"seed {self.seed}: after {self.rounds} rounds"
+
+
+def test_head_lost_then_resumed_on_a_new_cluster_that_loses_a_node(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The head killed at a random moment mid-run: one line within about 30 s that says what is published and that
+    --resume finishes; the same command with --resume on a new cluster encodes only the rounds not published, and
+    survives one of its worker nodes killed mid-run; the rows are those of an uninterrupted (local) run."""
+    pytest.importorskip("ray", reason="the Ray tests need the extra: pip install -e '.[ray]' (make test-ray)")
+    total = eight_rounds(tmp_path, tiny_model_dir, 30)
     out = tmp_path / "out"
-    rounds = {"SBERT_RAY_ROUND_BYTES": "1"}  # a round a file: eight rounds
     first = RayCluster(3)
     try:
         command = ["encode", tmp_path / "in", "-o", out, "--engine", "ray", "--ray-address", first.address, "--workers", "2", "--model", tiny_model_dir]
-        child = sbert_child(*command, env=rounds)
-        wait_for(lambda: published_rounds(out) >= 2 or child.poll() is not None, 120, "two rounds published")
-        assert child.poll() is None, child.communicate()[1]
+        child = sbert_child(*command, env=ROUNDS)
+        moment = RandomMoment.wait(child, out, least=1)
         first.kill_head()
         killed = time.monotonic()
         _, stderr = child.communicate(timeout=60)
@@ -444,12 +502,12 @@ def test_head_lost_then_resumed_on_a_new_cluster_that_loses_a_node(tmp_path: Pat
         f"sbert: error: the Ray cluster at {first.address} stopped answering mid-run; {done} of 8 rounds ({published} rows) are published "
         f"in {out}; run the same command with --resume once the cluster is back to finish the rest"
     )
-    assert "Traceback" not in stderr and 2 <= done < 8
+    assert "Traceback" not in stderr and moment.rounds <= done < 8, moment
     assert not (tmp_path / "out.sbert" / "staging").exists()
     second = RayCluster(3)
     try:
         command = ["encode", tmp_path / "in", "-o", out, "--engine", "ray", "--ray-address", second.address, "--workers", "1", "--model", tiny_model_dir, "--resume"]
-        child = sbert_child(*command, env=rounds)
+        child = sbert_child(*command, env=ROUNDS)
         wait_for(lambda: published_rounds(out) > done or child.poll() is not None, 120, "a round published")
         second.kill_node()  # a worker node lost mid-run: Ray moves its work; the run goes on
         _, stderr = child.communicate(timeout=300)
@@ -461,7 +519,7 @@ def test_head_lost_then_resumed_on_a_new_cluster_that_loses_a_node(tmp_path: Pat
     vectors = read_dir(out)
     assert len(vectors) == total
     assert_same(vectors, read_file(tmp_path / "local.parquet"))
-    again = sbert_child(*command, env=rounds)
+    again = sbert_child(*command, env=ROUNDS)
     assert again.communicate(timeout=120)[1].strip() == f"sbert: {out} is complete; nothing to do"
 
 
@@ -469,36 +527,25 @@ def test_driver_killed_at_a_random_moment_then_resumed(cluster, tmp_path: Path, 
     """The command killed outright (kill -9, as a cron timeout or the OOM killer does) at a random moment: its driver
     goes with it (nothing goes on publishing unseen, the output is not left busy), and the same command with --resume
     on the same cluster finishes with the rows of an uninterrupted run, encoding only what was not published."""
-    import random
-
-    seed = random.randrange(1 << 30)
-    chance = random.Random(seed)
-    sizes = {f"day={day}/part-0.jsonl": 20 + 5 * day for day in range(8)}
-    write_partitions(tmp_path / "in", sizes)
-    total = sum(sizes.values())
-    assert run("encode", tmp_path / "in", "-o", tmp_path / "local.parquet", "--model", tiny_model_dir, "-q").exit_code == 0
+    total = eight_rounds(tmp_path, tiny_model_dir, 20)
     out = tmp_path / "out"
-    rounds = {"SBERT_RAY_ROUND_BYTES": "1"}  # a round a file: eight rounds
     command = ["encode", tmp_path / "in", "-o", out, "--engine", "ray", "--ray-address", cluster.address, "--workers", "2", "--model", tiny_model_dir]
-    child = sbert_child(*command, env=rounds)
-    wanted = chance.randrange(0, 6)  # rounds published before the kill, then up to a second more
-    wait_for(lambda: published_rounds(out) >= wanted or child.poll() is not None, 120, f"{wanted} rounds published (seed {seed})")
-    time.sleep(chance.uniform(0, 1.0))
-    assert child.poll() is None, f"finished before the kill (seed {seed}): {child.communicate()[1]}"
+    child = sbert_child(*command, env=ROUNDS)
+    moment = RandomMoment.wait(child, out, least=0)
     drivers = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(child.pid)], capture_output=True, text=True).stdout.split()]
     child.kill()
     child.wait()
-    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in drivers), 10, f"the driver to go with the command (seed {seed})")
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in drivers), 10, f"the driver to go with the command ({moment})")
     done = published_rounds(out)
-    assert done < 8, f"seed {seed}"
+    assert done < 8, moment
     published = sum(pq.read_metadata(path).num_rows for path in out.glob("part-*.parquet")) if out.exists() else 0
 
-    resumed = sbert_child(*command, "--resume", env=rounds)
+    resumed = sbert_child(*command, "--resume", env=ROUNDS)
     _, stderr = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, f"seed {seed}: {stderr}"
+    assert resumed.returncode == 0, f"{moment}: {stderr}"
     if done:
-        assert f"{done} of 8 rounds already done ({published} rows)" in stderr, f"seed {seed}: {stderr}"
-    assert f"sbert: {total - published} rows, " in stderr, f"seed {seed}: {stderr}"  # only what was not published
+        assert f"{done} of 8 rounds already done ({published} rows)" in stderr, f"{moment}: {stderr}"
+    assert f"sbert: {total - published} rows, " in stderr, f"{moment}: {stderr}"  # only what was not published
     assert_same(read_dir(out), read_file(tmp_path / "local.parquet"))
     assert not (tmp_path / "out.sbert" / "staging").exists()
 
