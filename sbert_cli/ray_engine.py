@@ -17,7 +17,7 @@ from sbert_cli.ray_rounds import Round, finished_rounds, how_far, listed_rounds,
 from sbert_cli.repeated_ids import RepeatedIds, repeated_error
 from sbert_cli.io.storage import StorePath, arrow_filesystem, aws_environment, move, remove_tree
 from sbert_cli.job import EncodeJob, RayOptions
-from sbert_cli.ray_tasks import EncodeBatches, read_files, window_rows
+from sbert_cli.ray_tasks import EncodeBatches, read_files, rejects_name, window_rows
 from sbert_cli.words import plural
 
 
@@ -143,9 +143,8 @@ def run_ray_job(job: EncodeJob, plan: RayPlan, notice: Callable[[str], None] = l
         finally:
             progress.forget_if_empty()
     layout = progress.layout
-    rejected = sum(path.read_text(encoding="utf-8").count("\n") for path in layout.rejects.glob("*.rejects.jsonl"))
     return RayResult(
-        rows=progress.rows_now, rejected=rejected, shards=progress.shards_now, seconds=time.perf_counter() - started,
+        rows=progress.rows_now, rejected=progress.rejected_now(plan.inputs), shards=progress.shards_now, seconds=time.perf_counter() - started,
         repeated_ids=progress.repeats.shown() if progress.repeats.count else None, resumed_rows=progress.rows_before,
         rounds=len(progress.rounds), rounds_before=len(progress.done_before),
     )
@@ -205,6 +204,18 @@ class _Progress:
         check()
         self.manifest.complete = True
         save_manifest(self.layout, self.manifest)
+
+    def rejected_now(self, inputs: tuple[str, ...]) -> int:
+        """The rows this run rejected, as `rows_now` counts those it encoded: the rejects of the files of the rounds
+        it ran (a redone round's files are written anew); an earlier run's stay in the folder and were its own."""
+        total = 0
+        for round_ in self.rounds:
+            if round_.index in self.done_before:
+                continue
+            for path in inputs[round_.first:round_.end]:
+                rejects = self.layout.rejects / rejects_name(path)
+                total += rejects.read_text(encoding="utf-8").count("\n") if rejects.exists() else 0
+        return total
 
     def forget_if_empty(self) -> None:
         """A run that published nothing leaves no manifest, so the output's folders go too (open_output)."""

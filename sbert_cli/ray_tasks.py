@@ -40,7 +40,7 @@ def _read(paths: list[str], job: EncodeJob, rejects_dir: Any, spool: Path | None
     for path in paths:
         # One file, read as the job says (columns, quoting, encoding), its rows' ids named as the local engine names them.
         spec = replace(job.input, path=path, files=(InputFile(path, 0, 0),))
-        rejects = RejectsWriter(str(rejects_dir / f"{_file_key(path)}.rejects.jsonl"), spool)
+        rejects = RejectsWriter(str(rejects_dir / rejects_name(path)), spool)
         try:
             for window in iter_windows(iter_rows(spec), window_rows(job)):
                 good, bad = split_window(window, job.skip_bad_rows)
@@ -63,9 +63,9 @@ def window_rows(job: EncodeJob) -> int:
     return job.plan.for_device(device).chunk_size or 1
 
 
-def _file_key(path: str) -> str:
-    """A rejects file name per input: its stem plus a short hash of the full path (two folders may share stems)."""
-    return f"{location(path).stem}-{hashlib.sha256(str(location(path).resolve()).encode()).hexdigest()[:8]}"
+def rejects_name(path: str) -> str:
+    """An input file's rejects file: its stem plus a short hash of the full path (two folders may share stems)."""
+    return f"{location(path).stem}-{hashlib.sha256(str(location(path).resolve()).encode()).hexdigest()[:8]}.rejects.jsonl"
 
 
 class EncodeBatches:

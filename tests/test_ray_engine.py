@@ -443,12 +443,17 @@ def published_rounds(out: Path) -> int:
 ROUNDS = {"SBERT_RAY_ROUND_BYTES": "1"}  # a round a file
 
 
-def eight_rounds(tmp_path: Path, tiny_model_dir: Path, smallest: int) -> int:
-    """Eight Hive partitions of growing size in tmp_path/in (eight rounds under ROUNDS), and the local engine's output
-    of them in tmp_path/local.parquet, which an interrupted and resumed run must equal; returns the rows."""
+def eight_rounds(tmp_path: Path, tiny_model_dir: Path, smallest: int, bad_days: tuple[int, ...] = ()) -> int:
+    """Eight Hive partitions of growing size in tmp_path/in (eight rounds under ROUNDS), a line that is not JSON at
+    the end of each of `bad_days`, and the local engine's output of them in tmp_path/local.parquet (--on-error skip),
+    which an interrupted and resumed run must equal; returns the good rows."""
     sizes = {f"day={day}/part-0.jsonl": smallest + 6 * day for day in range(8)}
     write_partitions(tmp_path / "in", sizes)
-    assert run("encode", tmp_path / "in", "-o", tmp_path / "local.parquet", "--model", tiny_model_dir, "-q").exit_code == 0
+    for day in bad_days:
+        with open(tmp_path / "in" / f"day={day}" / "part-0.jsonl", "a", encoding="utf-8") as part:
+            part.write("not json\n")
+    local = run("encode", tmp_path / "in", "-o", tmp_path / "local.parquet", "--model", tiny_model_dir, "-q", "--on-error", "skip")
+    assert local.exit_code == (3 if bad_days else 0), local.output  # 3: done, with rows in the rejects
     return sum(sizes.values())
 
 
@@ -527,9 +532,12 @@ def test_driver_killed_at_a_random_moment_then_resumed(cluster, tmp_path: Path, 
     """The command killed outright (kill -9, as a cron timeout or the OOM killer does) at a random moment: its driver
     goes with it (nothing goes on publishing unseen, the output is not left busy), and the same command with --resume
     on the same cluster finishes with the rows of an uninterrupted run, encoding only what was not published."""
-    total = eight_rounds(tmp_path, tiny_model_dir, 20)
+    total = eight_rounds(tmp_path, tiny_model_dir, 20, bad_days=(0, 7))
     out = tmp_path / "out"
-    command = ["encode", tmp_path / "in", "-o", out, "--engine", "ray", "--ray-address", cluster.address, "--workers", "2", "--model", tiny_model_dir]
+    command = [
+        "encode", tmp_path / "in", "-o", out, "--engine", "ray", "--ray-address", cluster.address, "--workers", "2", "--model", tiny_model_dir,
+        "--on-error", "skip",
+    ]
     child = sbert_child(*command, env=ROUNDS)
     moment = RandomMoment.wait(child, out, least=0)
     drivers = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(child.pid)], capture_output=True, text=True).stdout.split()]
@@ -542,10 +550,14 @@ def test_driver_killed_at_a_random_moment_then_resumed(cluster, tmp_path: Path, 
 
     resumed = sbert_child(*command, "--resume", env=ROUNDS)
     _, stderr = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, f"{moment}: {stderr}"
+    assert resumed.returncode == 3, f"{moment}: {stderr}"  # done, with rows in the rejects
     if done:
         assert f"{done} of 8 rounds already done ({published} rows)" in stderr, f"{moment}: {stderr}"
-    assert f"sbert: {total - published} rows, " in stderr, f"{moment}: {stderr}"  # only what was not published
+    # Only what was not published is encoded again, and only its rejects are this run's: day=0's bad line is in
+    # the first round (published before the kill unless nothing was), day=7's in the last (never published).
+    rejected = (0 if done else 1) + 1
+    assert f"sbert: {total - published} rows, {rejected} rejected -> {tmp_path / 'out.sbert' / 'rejects'}/, " in stderr, f"{moment}: {stderr}"
+    assert sum(path.read_text().count("\n") for path in (tmp_path / "out.sbert" / "rejects").glob("*.rejects.jsonl")) == 2
     assert_same(read_dir(out), read_file(tmp_path / "local.parquet"))
     assert not (tmp_path / "out.sbert" / "staging").exists()
 
