@@ -222,3 +222,31 @@ def test_a_model_openvino_cannot_convert(model_copy: Path, monkeypatch: pytest.M
         "pass --backend torch"
     )
     assert conversions(model_copy) == []  # nothing half-made left behind
+
+
+def test_one_process_at_a_time_compiles_into_the_model_cache(model_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenVINO's cache writer is not safe across processes (two runs compiling into an empty cache at once: one failed
+    with 'cannot set permissions: No such file'): a compile waits for the folder's lock, then finishes."""
+    import fcntl
+    import threading
+
+    from sbert_cli.model.description import describe_model
+    from sbert_cli.model.options import ModelOptions
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    xml = openvino_export.converted_model(describe_model(ModelOptions(str(model_copy), "cpu", "fp32")))
+    assert xml is not None
+    openvino = openvino_bert.openvino_runtime()
+    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_NUM_THREADS": 1, "CPU_RUNTIME_CACHE_CAPACITY": openvino_bert.RUNTIME_CACHE_ENTRIES}
+    folder = openvino_bert.compiled_cache(openvino, config)
+    assert folder is not None
+    compiled: list[object] = []
+    with open(folder / ".compiling.lock", "a") as other_run:
+        fcntl.flock(other_run, fcntl.LOCK_EX)  # another process compiling into the folder
+        compiling = threading.Thread(target=lambda: compiled.append(openvino_bert.compile_on_cpu(xml, "f32", 1)))
+        compiling.start()
+        compiling.join(timeout=1.0)
+        assert compiling.is_alive() and not compiled  # waits for it
+    compiling.join(timeout=60)
+    assert len(compiled) == 1
+    assert [path for path in folder.iterdir() if path.suffix == ".blob"]  # and wrote the cache once the folder was its own

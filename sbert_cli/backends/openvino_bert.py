@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -61,21 +62,42 @@ def compile_on_cpu(model: Path | Any, precision: str, threads: int, latency: boo
         "CPU_RUNTIME_CACHE_CAPACITY": RUNTIME_CACHE_ENTRIES,
     }
     core = openvino.Core()
-    if isinstance(model, Path):
-        return core.compile_model(str(model), "CPU", with_compiled_cache(openvino, core, config))
-    return core.compile_model(model, "CPU", config)
-
-
-def with_compiled_cache(openvino: Any, core: Any, config: dict[str, Any]) -> dict[str, Any]:
-    """The compile options with OpenVINO's model cache on, where the user's cache directory can hold it. Its files
-    keep the compiled graph only where the runtime can (its "optimize size" mode, OpenVINO 2024.5 on): the weights
-    are read from the conversion, so a cached model costs 0.4 MB on disk instead of the checkpoint's size again,
-    and loads as fast (0.52-0.57 s against 0.53-0.59, a bert-base model at bf16 on a busy 2-core host)."""
-    folder = writable_folder(user_cache(COMPILED_MODELS) / derived_key({**config, "openvino": openvino.__version__}))
+    if not isinstance(model, Path):
+        return core.compile_model(model, "CPU", config)
+    folder = compiled_cache(openvino, config)
     if folder is None:
-        return config
+        return core.compile_model(str(model), "CPU", config)
     core.set_property({"CACHE_DIR": str(folder)})
-    return {**config, "CACHE_MODE": "OPTIMIZE_SIZE"} if hasattr(openvino.properties, "cache_mode") else config
+    # One process at a time compiles into the folder: a run that starts while another writes the cache file read it
+    # half-written and failed to compile (two runs at once from an empty cache). The second waits, then loads it.
+    with _held(folder / ".compiling.lock"):
+        return core.compile_model(str(model), "CPU", {**config, **_size_mode(openvino)})
+
+
+def compiled_cache(openvino: Any, config: dict[str, Any]) -> Path | None:
+    """OpenVINO's model cache for these compile options, in the user's cache directory; None where it cannot be
+    written (then nothing is cached)."""
+    return writable_folder(user_cache(COMPILED_MODELS) / derived_key({**config, "openvino": openvino.__version__}))
+
+
+def _size_mode(openvino: Any) -> dict[str, str]:
+    """The cache keeps the compiled graph only where the runtime can (its "optimize size" mode, OpenVINO 2024.5 on):
+    the weights are read from the conversion, so a cached model costs 0.4 MB on disk instead of the checkpoint's size
+    again, and loads as fast (0.52-0.57 s against 0.53-0.59, a bert-base model at bf16 on a busy 2-core host)."""
+    return {"CACHE_MODE": "OPTIMIZE_SIZE"} if hasattr(openvino.properties, "cache_mode") else {}
+
+
+@contextmanager
+def _held(lock_file: Path) -> Iterator[None]:
+    """An exclusive flock on `lock_file` for the block (waiting for it); where there is no flock, nothing."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    with open(lock_file, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield  # closing the file drops the lock, as the kernel does if the process dies
 
 
 def openvino_installed() -> bool:
