@@ -335,6 +335,33 @@ def test_a_lease_taken_by_another_run_stops_this_one_before_it_publishes(bucket:
     assert json.loads(bucket.get("out.sbert/lock"))["token"] == "theirs"  # the winner's lease is left alone
 
 
+def test_a_torn_read_of_the_lease_does_not_end_its_renewal(bucket: Bucket, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A renewal that reads the lease while another write lands can get bytes that are not UTF-8 (seen once in CI):
+    that raised in the renewing thread, which died, so the lease was neither renewed nor checked and a theft went
+    unseen. Such a read is neither ours nor theirs: the renewal asks again, keeps the lease, and still finds a thief."""
+    from sbert_cli.errors import OutputError
+    from sbert_cli.io import lease as leases
+    from sbert_cli.io.storage import StorePath
+
+    monkeypatch.setattr(leases, "RENEW_SECONDS", 0.05)
+    path = StorePath.parse(bucket.url("out.sbert/lock"))
+    with leases.output_lease(path, bucket.url("out"), lambda message: None) as lease:
+        held = json.loads(bucket.get("out.sbert/lock"))
+        assert lease._thread is not None
+        for torn in (b'{"token": "\x86\xff', b'{"token": "th'):  # not UTF-8; not JSON
+            bucket.put("out.sbert/lock", torn)
+            time.sleep(0.3)  # several renewals read it
+            assert lease._thread.is_alive() and lease.lost is None
+            assert bucket.get("out.sbert/lock") == torn  # no answer either way: not overwritten, not given up
+        for _ in range(1000):
+            bucket.put("out.sbert/lock", json.dumps({**held, "token": "theirs", "host": "etl-2", "pid": 7}).encode())
+            lease._thread.join(timeout=0.1)
+            if not lease._thread.is_alive():
+                break
+        with pytest.raises(OutputError):
+            lease.check()
+
+
 def test_the_default_output_sits_beside_a_store_input(bucket: Bucket, fake_encoder: FakeEncoder) -> None:
     source = bucket.put("data/in.jsonl", encoded("jsonl", IDS, TEXTS))
     result = run("encode", source, "--id-column", "id")

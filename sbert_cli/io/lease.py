@@ -25,6 +25,7 @@ from sbert_cli.io.storage import StorePath
 
 LEASE_SECONDS = 300
 RENEW_SECONDS = 60
+_TORN = object()  # a renewal's read of something that is not a lease
 
 
 @contextmanager
@@ -91,7 +92,9 @@ class Lease:
     def _renew(self) -> None:
         while not self._stop.wait(RENEW_SECONDS):
             try:
-                holder = self._read()
+                holder = self._read(unreadable=_TORN)
+                if holder is _TORN:
+                    continue  # read while another write landed (bytes of two versions): neither ours nor theirs; ask again
                 if holder is not None and holder.get("token") != self.token:
                     self.lost = f"{self.target}: another sbert run ({_who(holder)}) took this output's lease; this run stopped without publishing more"
                     return
@@ -99,20 +102,23 @@ class Lease:
             except SbertError:
                 continue  # the store did not answer this time; the next renewal tries again
 
-    def _read(self) -> dict[str, Any] | None:
-        """The lease as the store holds it; None only when the store answers that there is none (or it is not a
-        lease). A store that fails to answer raises its one-line error: that is no rival (io/retry.py retries it)."""
+    def _read(self, unreadable: Any = None) -> Any:
+        """The lease as the store holds it (a dict); None only when the store answers that there is none, and
+        `unreadable` when what it holds is not a lease (not text, not JSON). A store that fails to answer raises its
+        one-line error: that is no rival (io/retry.py retries it)."""
         try:
             text = self.path.read_text()
         except UsageError:  # "no such key": gone between the two requests, or never there
             if self.path.exists():
                 raise
             return None
+        except UnicodeDecodeError:  # a read that met a write (bytes of two versions); raised, it ended the renewal thread
+            return unreadable
         try:
             data = json.loads(text)
         except ValueError:
-            return None
-        return data if isinstance(data, dict) else None
+            return unreadable
+        return data if isinstance(data, dict) else unreadable
 
     def _write(self) -> None:
         record = {"token": self.token, "pid": os.getpid(), "host": socket.gethostname(), "renewed": time.time()}
