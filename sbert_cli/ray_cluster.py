@@ -226,10 +226,10 @@ def check_room(address: str, workers: int, cpus_per_worker: float, gpus_per_work
         return
     reading = max(free_cpus, default=0) >= 1
     fitting = placed if reading or placed == 0 else placed - 1
-    gpus = f" x --gpus-per-worker {gpus_per_worker:g}" if gpus_per_worker else ""
+    each_gpu = f" x --gpus-per-worker {gpus_per_worker:g}" if gpus_per_worker else ""
     total = sum(float(resources.get("CPU", 0)) for resources in nodes)
     raise ClusterError(
-        f"the Ray cluster at {address} has room for {plural(fitting, 'worker')} of --cpus-per-worker {cpus_per_worker:g}{gpus} "
+        f"the Ray cluster at {address} has room for {plural(fitting, 'worker')} of --cpus-per-worker {cpus_per_worker:g}{each_gpu} "
         f"beside a CPU for reading ({total:g} CPUs on {plural(len(nodes), 'node')}), not {workers}; "
         + (f"pass --workers {fitting}, or add nodes" if fitting else "add nodes, or pass a smaller --cpus-per-worker")
     )

@@ -142,7 +142,6 @@ def run_ray_job(job: EncodeJob, plan: RayPlan, notice: Callable[[str], None] = l
                     raise worker_error(error) from None
         finally:
             progress.forget_if_empty()
-    layout = progress.layout
     return RayResult(
         rows=progress.rows_now, rejected=progress.rejected_now(plan.inputs), shards=progress.shards_now, seconds=time.perf_counter() - started,
         repeated_ids=progress.repeats.shown() if progress.repeats.count else None, resumed_rows=progress.rows_before,
@@ -171,8 +170,9 @@ class _Progress:
         manifest = prepare_directory(layout, output.earlier, identify_input(job.input.files), recorded_options(job, size), job.resume, job.overwrite)
         rounds = plan_rounds(job.input.files, size)
         done = finished_rounds(rounds, listed, manifest)
+        listed_files = {entry.file for entry in manifest.shards}
         for path in layout.data.glob("part-*.parquet"):  # a round redone whole: its surviving shards go first
-            if path.name not in {entry.file for entry in manifest.shards}:
+            if path.name not in listed_files:
                 path.unlink()
         return cls(job, layout, manifest, rounds, done)
 
@@ -196,7 +196,7 @@ class _Progress:
                     move(path, final)
                     self.manifest.shards.append(shard_entry(final, round_, rows))
             finally:
-                remove_staging(self.layout.state / "staging")
+                remove_tree(self.layout.state / "staging")
             save_manifest(self.layout, self.manifest)  # the round is recorded only once all its shards are published
             self.done.add(round_.index)
             self.rows_now += sum(counts)
@@ -229,7 +229,7 @@ def clean_after_driver(job: EncodeJob) -> None:
 
     layout = DirectoryLayout.at(job.output.path)
     with open_output(job.output, job.run_settings, lambda message: None):
-        remove_staging(layout.state / "staging")
+        remove_tree(layout.state / "staging")
         manifest = load_manifest(layout.manifest)
         if manifest is None or manifest.shards:
             return
@@ -294,39 +294,15 @@ def _write_dataset(job: EncodeJob, plan: RayPlan, layout: DirectoryLayout, files
     # Ray writes each file in place, so it writes them into a staging folder of the state folder, and each
     # is published under its final name only once all are written: the output never holds a partial file.
     staging = layout.state / "staging"
-    remove_staging(staging)  # what a killed run staged (the output is held: no live run's)
+    remove_tree(staging)  # what a killed run staged (the output is held: no live run's)
     filesystem, target = arrow_filesystem(staging)
     where = {"filesystem": filesystem} if filesystem is not None else {}
     try:
         dataset.write_parquet(target, ray_remote_args=remote, **where, **_rows_per_file(dataset, job.shard_rows))
     except BaseException:
-        remove_staging(staging)
+        remove_tree(staging)
         raise
     return sorted(staging.glob("*.parquet"))  # type: ignore[type-var]
-
-
-def remove_staging(staging: Path | StorePath) -> None:
-    """The staging folder (prefix) and whatever it holds."""
-    remove_tree(staging)
-
-
-def _repeated_ids(job: EncodeJob, staged: list[Path | StorePath]) -> str | None:
-    """--id-column ids that repeat across the whole output, read back from the staged files (the id column only)
-    before any is published: under --on-error fail the run fails as the local engine's does, publishing nothing."""
-    import pyarrow.parquet as pq
-
-    from sbert_cli.repeated_ids import RepeatedIds, repeated_error
-
-    if job.input.id_column is None:
-        return None  # row ids (path:row) are unique by construction
-    repeats = RepeatedIds()
-    for path in staged:
-        filesystem, where = arrow_filesystem(path)
-        for batch in pq.ParquetFile(where, filesystem=filesystem).iter_batches(columns=["id"]):
-            repeats.add(batch.column(0).to_pylist())
-    if repeats.count and not job.skip_bad_rows:
-        raise repeated_error(job.input.name, repeats)
-    return repeats.shown() if repeats.count else None
 
 
 def _rows_per_file(dataset: Any, shard_rows: int) -> dict[str, int]:

@@ -120,24 +120,24 @@ def _rebuilt(kind: str, message: str, exit_code: int) -> SbertError:
     return error  # type: ignore[no-any-return]
 
 
-def _published(job: EncodeJob) -> str:
+def _how_far(job: EncodeJob) -> str:
+    """How far the run got, from the output's manifest."""
     from sbert_cli.io.manifest import load_manifest
     from sbert_cli.io.paths import DirectoryLayout
     from sbert_cli.ray_rounds import how_far
 
     layout = DirectoryLayout.at(job.output.path)
-    return how_far(job, layout, load_manifest(layout.manifest)).replace(" once the cluster is back", "")
+    return how_far(job, layout, load_manifest(layout.manifest))
+
+
+def _published(job: EncodeJob) -> str:
+    return _how_far(job).replace(" once the cluster is back", "")
 
 
 def _ended_by_ray(job: EncodeJob, exit_code: int | None) -> ClusterError:
     """What is published, from the manifest, once a killed driver's leftovers are removed."""
-    from sbert_cli.io.manifest import load_manifest
-    from sbert_cli.io.paths import DirectoryLayout
-    from sbert_cli.ray_rounds import how_far
-
     assert job.ray is not None
-    layout = DirectoryLayout.at(job.output.path)
     clean_after_driver(job)
     where = f"the Ray cluster at {job.ray.address}" if job.ray.address else "the local Ray"
     # Ray ends a driver so only when the node it is attached to, or the cluster, is gone.
-    return ClusterError(f"{where} stopped answering mid-run; {how_far(job, layout, load_manifest(layout.manifest))}")
+    return ClusterError(f"{where} stopped answering mid-run; {_how_far(job)}")

@@ -77,7 +77,6 @@ class EncodeBatches:
         from sbert_cli.io.sinks import describe_vectors
 
         assert job.ray is not None
-        self.job = job
         model = job.model.model
         if job.ray.model_is_path and not Path(model).exists():
             raise ModelError(
@@ -105,8 +104,6 @@ class EncodeBatches:
         vectors = embed_texts(table.column("text").to_pylist(), self.source, self.plan)
         result = pa.table({"id": table.column("id"), "embedding": embedding_array(self.form.store(vectors), self.form.numpy_dtype)})
         return result.replace_schema_metadata(self.metadata)
-
-
 
 
 def _node() -> str:

@@ -148,7 +148,7 @@ def test_the_feed_forward_outputs_are_kept_in_higher_precision(model_copy: Path)
 
     model = describe_model(ModelOptions(str(model_copy), "cpu", "fp32"))
     graph = openvino.Core().read_model(converted_model(model))
-    kept = openvino_int8.kept_in_higher_precision(graph, model.config)
+    kept = openvino_int8.feed_forward_outputs(graph, model.config)
     assert len(kept) == model.config["num_hidden_layers"]
     assert all(op.get_type_name() == "MatMul" for op in graph.get_ordered_ops() if op.get_friendly_name() in kept)
 

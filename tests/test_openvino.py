@@ -237,8 +237,7 @@ def test_one_process_at_a_time_compiles_into_the_model_cache(model_copy: Path, t
     xml = openvino_export.converted_model(describe_model(ModelOptions(str(model_copy), "cpu", "fp32")))
     assert xml is not None
     openvino = openvino_bert.openvino_runtime()
-    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_NUM_THREADS": 1, "CPU_RUNTIME_CACHE_CAPACITY": openvino_bert.RUNTIME_CACHE_ENTRIES}
-    folder = openvino_bert.compiled_cache(openvino, config)
+    folder = openvino_bert.compiled_cache(openvino, openvino_bert.compile_options("f32", 1))
     assert folder is not None
     compiled: list[object] = []
     with open(folder / ".compiling.lock", "a") as other_run:

@@ -55,12 +55,7 @@ def compile_on_cpu(model: Path | Any, precision: str, threads: int, latency: boo
     """A model on disk (through OpenVINO's model cache) or a graph in memory, compiled for the CPU at `precision`
     (OpenVINO's name: f32 or bf16), for throughput or, with `latency`, one stream."""
     openvino = openvino_runtime()
-    config = {
-        "INFERENCE_PRECISION_HINT": precision,
-        "PERFORMANCE_HINT": "LATENCY" if latency else "THROUGHPUT",
-        "INFERENCE_NUM_THREADS": threads,
-        "CPU_RUNTIME_CACHE_CAPACITY": RUNTIME_CACHE_ENTRIES,
-    }
+    config = compile_options(precision, threads, latency)
     core = openvino.Core()
     if not isinstance(model, Path):
         return core.compile_model(model, "CPU", config)
@@ -72,6 +67,16 @@ def compile_on_cpu(model: Path | Any, precision: str, threads: int, latency: boo
     # half-written and failed to compile (two runs at once from an empty cache). The second waits, then loads it.
     with _held(folder / ".compiling.lock"):
         return core.compile_model(str(model), "CPU", {**config, **_size_mode(openvino)})
+
+
+def compile_options(precision: str, threads: int, latency: bool = False) -> dict[str, Any]:
+    """What compile_on_cpu asks OpenVINO for; its model cache keeps a folder for each set of them."""
+    return {
+        "INFERENCE_PRECISION_HINT": precision,
+        "PERFORMANCE_HINT": "LATENCY" if latency else "THROUGHPUT",
+        "INFERENCE_NUM_THREADS": threads,
+        "CPU_RUNTIME_CACHE_CAPACITY": RUNTIME_CACHE_ENTRIES,
+    }
 
 
 def compiled_cache(openvino: Any, config: dict[str, Any]) -> Path | None:
